@@ -1,0 +1,139 @@
+"""Maskers: thin option holders around :func:`maskkit.functional.sample_split`."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .functional import check_ratios, sample_split
+from .split import MaskSplit
+
+__all__ = ["RandomMasker", "AMTMasker", "SAMMasker"]
+
+
+class _Masker:
+    """Shared call signature: ``masker(batch_size, num_patches, weights=None, *, ...)``."""
+
+    mask_ratio: float
+    throw_ratio: float
+    validate: bool
+
+    def __call__(
+        self,
+        batch_size: int,
+        num_patches: int,
+        weights: Tensor | None = None,
+        *,
+        device: torch.device | str | None = None,
+        generator: torch.Generator | None = None,
+    ) -> MaskSplit:
+        """Sample a split of ``num_patches`` patches for each of ``batch_size`` samples.
+
+        Args:
+            batch_size: B.
+            num_patches: L, patch tokens per sample (prefix tokens excluded).
+            weights: optional non-negative masking weights, (B, L) or (B, gh, gw) with
+                ``gh * gw == L``; higher weight = more likely masked. None samples uniformly.
+            device: where to sample when ``weights`` is None.
+            generator: optional RNG on the sampling device, for reproducible splits.
+
+        Returns:
+            A :class:`~maskkit.MaskSplit` of int64 indices on the sampling device.
+        """
+        return sample_split(
+            batch_size,
+            num_patches,
+            weights,
+            mask_ratio=self.mask_ratio,
+            throw_ratio=self.throw_ratio,
+            device=device,
+            generator=generator,
+            validate=self.validate,
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(mask_ratio={self.mask_ratio}, "
+            f"throw_ratio={self.throw_ratio}, validate={self.validate})"
+        )
+
+
+class RandomMasker(_Masker):
+    """MAE's uniform random masking (He et al., 2022): no weights, nothing thrown.
+
+    ``int(L * (1 - mask_ratio))`` patches stay visible and the rest are masked, exactly
+    as in MAE's ``random_masking``, so it drops into MAE code unchanged.
+
+    Args:
+        mask_ratio: share of patches masked, in [0, 1).
+    """
+
+    def __init__(self, mask_ratio: float = 0.75) -> None:
+        check_ratios(mask_ratio, 0.0)
+        self.mask_ratio = float(mask_ratio)
+        self.throw_ratio = 0.0
+        self.validate = True
+
+    def __call__(
+        self,
+        batch_size: int,
+        num_patches: int,
+        weights: Tensor | None = None,
+        *,
+        device: torch.device | str | None = None,
+        generator: torch.Generator | None = None,
+    ) -> MaskSplit:
+        if weights is not None:
+            raise ValueError(
+                "RandomMasker samples uniformly and takes no weights; use SAMMasker or "
+                "AMTMasker for weighted masking"
+            )
+        return super().__call__(batch_size, num_patches, device=device, generator=generator)
+
+    def __repr__(self) -> str:
+        return f"RandomMasker(mask_ratio={self.mask_ratio})"
+
+
+class _WeightedMasker(_Masker):
+    def __init__(self, mask_ratio: float, throw_ratio: float, *, validate: bool = True) -> None:
+        check_ratios(mask_ratio, throw_ratio)
+        self.mask_ratio = float(mask_ratio)
+        self.throw_ratio = float(throw_ratio)
+        self.validate = validate
+
+
+class AMTMasker(_WeightedMasker):
+    """AMT's attention-driven masking and throwing (Gui et al., 2022, arXiv:2211.15362).
+
+    Patches are ordered by a weighted random permutation of self-supervised attention
+    weights: the first ``int(L * mask_ratio)`` are masked, then thrown, and the
+    ``int(L * (1 - mask_ratio - throw_ratio))`` last stay visible.
+
+    Args:
+        mask_ratio: share of patches masked (AMT default 0.45).
+        throw_ratio: share of patches thrown (AMT default 0.40).
+        validate: check weight values (a device assert on CUDA); off skips the check.
+    """
+
+    def __init__(
+        self, mask_ratio: float = 0.45, throw_ratio: float = 0.40, *, validate: bool = True
+    ) -> None:
+        super().__init__(mask_ratio, throw_ratio, validate=validate)
+
+
+class SAMMasker(_WeightedMasker):
+    """MSMAE's supervised attention-driven masking, SAM (Mao et al., MSMAE, eq. 6-7).
+
+    The same weighted masking-and-throwing as AMT, driven by the cls attention of a
+    supervised encoder, which points at the lesion; defaults from MSMAE Table 4.
+
+    Args:
+        mask_ratio: share of patches masked (MSMAE default 0.45).
+        throw_ratio: share of patches thrown (MSMAE default 0.30).
+        validate: check weight values (a device assert on CUDA); off skips the check.
+    """
+
+    def __init__(
+        self, mask_ratio: float = 0.45, throw_ratio: float = 0.30, *, validate: bool = True
+    ) -> None:
+        super().__init__(mask_ratio, throw_ratio, validate=validate)
