@@ -40,14 +40,17 @@ class SplitCounts(tuple[int, int, int]):
 
     @property
     def visible(self) -> int:
+        """Patches the encoder sees, K."""
         return self[0]
 
     @property
     def masked(self) -> int:
+        """Patches reconstructed and in the loss, M."""
         return self[1]
 
     @property
     def thrown(self) -> int:
+        """Patches dropped from encoder, decoder and loss, T."""
         return self[2]
 
 
@@ -130,7 +133,7 @@ def validate_weights(weights: Tensor) -> None:
     elif not bool(ok):
         raise ValueError(
             "weights must be finite and non-negative (found NaN, Inf or a negative value); "
-            "clean them, e.g. weights.nan_to_num(0).clamp_min(0), before sampling"
+            "clean them first, e.g. with weights.nan_to_num(0).clamp_min(0)"
         )
 
 

@@ -83,6 +83,19 @@ class RandomMasker(_Masker):
         device: torch.device | str | None = None,
         generator: torch.Generator | None = None,
     ) -> MaskSplit:
+        """Sample MAE's uniform split: K visible and L - K masked patches per sample.
+
+        Args:
+            batch_size: B.
+            num_patches: L, patch tokens per sample (prefix tokens excluded).
+            weights: must be None; uniform masking takes no weights.
+            device: where to sample.
+            generator: optional RNG on ``device``; the same seed as MAE's ``torch.rand``
+                noise gives MAE's exact ``ids_keep``, ``mask`` and ``ids_restore``.
+
+        Raises:
+            ValueError: weights were passed.
+        """
         if weights is not None:
             raise ValueError(
                 "RandomMasker samples uniformly and takes no weights; use SAMMasker or "

@@ -1,0 +1,159 @@
+"""Move a whole-image weight map through a crop box and a horizontal flip.
+
+MSMAE computes each sample's cls-attention map once on the whole (resized, un-cropped)
+image and masks the augmented views from it, so the map has to follow each view's crop
+and flip. The released AMT (guijiejie/AMT) and MSMAE (Talented-Q/MSMAE) code divides the
+crop's pixel offset by the image size before indexing the 14 x 14 map, an integer
+division that truncates to 0: about 95% of their crops read the top-left cells, wherever
+the crop is. Here the box is used in pixel coordinates, so the weights land where the
+crop puts them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = ["align_weights"]
+
+
+def align_weights(
+    weights: Tensor,
+    crop_box: Tensor | Sequence[float],
+    image_size: Tensor | Sequence[int],
+    out_grid: tuple[int, int],
+    hflip: bool | Tensor = False,
+) -> Tensor:
+    """Weight map over a crop (and flip) of an image, from the map over the whole image.
+
+    The map's cells tile the whole image evenly; output cells tile the crop box evenly.
+    Each output cell gets the area-weighted mean of the map over the image region that
+    lands in it: with separable overlap matrices ``Ry`` (gh, h0) and ``Rx`` (gw, w0)
+    (overlap lengths in pixels, rows normalised to 1) the result is ``Ry @ weights @ Rx^T``,
+    exact for any box, grid and aspect ratio. A flip reverses the output columns, as
+    torchvision's ``hflip`` does to the cropped image.
+
+    Args:
+        weights: (h0, w0) map over the whole image, or (B, h0, w0) for a batch.
+        crop_box: ``(top, left, height, width)`` in pixels, the order of torchvision's
+            ``RandomResizedCrop.get_params``; (B, 4) for a batch. Fractional boxes are fine.
+        image_size: ``(H, W)`` of the image the box was cut from; for a batch, one ``(H, W)``
+            for all or a (B, 2) tensor.
+        out_grid: ``(gh, gw)`` cells of the output, e.g. the model's patch grid.
+        hflip: Whether the crop was flipped horizontally; for a batch, a bool for all or a
+            (B,) bool tensor.
+
+    Returns:
+        (gh, gw) or (B, gh, gw) weights, float32 (float64 for float64 input), on the
+        device of ``weights``.
+
+    Raises:
+        ValueError: a shape does not match, a size is not positive, or a box leaves the
+            image. Checking tensor boxes reads them on the host (one sync on CUDA).
+    """
+    if not isinstance(weights, Tensor):
+        raise TypeError(f"weights must be a torch.Tensor, got {type(weights).__name__}")
+    if weights.dim() not in (2, 3):
+        raise ValueError(
+            f"weights must be (h0, w0) or (B, h0, w0), got shape {tuple(weights.shape)}"
+        )
+    batched = weights.dim() == 3
+    if not batched and isinstance(hflip, Tensor) and hflip.dim() > 0:
+        raise ValueError("hflip must be a bool for a single (h0, w0) map")
+    grid = _positive_pair("out_grid", out_grid)
+    dtype = torch.float64 if weights.dtype == torch.float64 else torch.float32
+    device = weights.device
+    maps = weights.to(dtype) if batched else weights.to(dtype).unsqueeze(0)
+    batch, h0, w0 = maps.shape
+    if h0 < 1 or w0 < 1:
+        raise ValueError(f"weights must have at least one cell, got shape {tuple(weights.shape)}")
+
+    boxes = _as_rows("crop_box", crop_box, batch, 4, batched, dtype, device)
+    sizes = _as_rows("image_size", image_size, batch, 2, batched, dtype, device)
+    _check_boxes(boxes, sizes)
+    flips = torch.as_tensor(hflip, device=device)
+    if flips.dtype != torch.bool or flips.shape not in ((), (batch,)):
+        raise ValueError(
+            f"hflip must be a bool or a ({batch},) bool tensor, got {flips.dtype} of shape "
+            f"{tuple(flips.shape)}"
+        )
+
+    top, left, height, width = boxes.unbind(-1)
+    rows = _overlap(top, height, grid[0], sizes[:, 0], h0)
+    cols = _overlap(left, width, grid[1], sizes[:, 1], w0)
+    aligned = torch.einsum("bih,bhw,bjw->bij", rows, maps, cols)
+    aligned = torch.where(flips.reshape(-1, 1, 1), aligned.flip(-1), aligned)
+    return aligned if batched else aligned.squeeze(0)
+
+
+def _overlap(
+    start: Tensor, length: Tensor, cells_out: int, extent: Tensor, cells_in: int
+) -> Tensor:
+    """(B, cells_out, cells_in) share of each output interval covered by each map interval.
+
+    Output cell i spans ``start + length * [i, i + 1) / cells_out``; map cell j spans
+    ``extent * [j, j + 1) / cells_in`` (all in pixels). Rows sum to 1 inside the image.
+    """
+    out_edges = torch.arange(cells_out + 1, dtype=start.dtype, device=start.device)
+    out_edges = start[:, None] + length[:, None] * out_edges / cells_out
+    in_edges = torch.arange(cells_in + 1, dtype=start.dtype, device=start.device)
+    in_edges = extent[:, None] * in_edges / cells_in
+    lo = torch.maximum(out_edges[:, :-1, None], in_edges[:, None, :-1])
+    hi = torch.minimum(out_edges[:, 1:, None], in_edges[:, None, 1:])
+    covered = (hi - lo).clamp_min(0)
+    return covered / covered.sum(-1, keepdim=True)
+
+
+def _positive_pair(name: str, value: Sequence[int]) -> tuple[int, int]:
+    """``value`` as ``(rows, columns)`` of positive ints, or ``ValueError``."""
+    pair = tuple(value) if isinstance(value, Sequence) else (value,)
+    if len(pair) != 2 or not all(
+        isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in pair
+    ):
+        raise ValueError(f"{name} must be two positive ints (rows, columns), got {value!r}")
+    return pair[0], pair[1]
+
+
+def _as_rows(
+    name: str,
+    value: Tensor | Sequence[float],
+    batch: int,
+    width: int,
+    batched: bool,
+    dtype: torch.dtype,
+    device: torch.device,
+) -> Tensor:
+    """``value`` as a (batch, width) tensor; one row may stand for the whole batch."""
+    rows = torch.as_tensor(value, device=device)
+    if rows.dtype == torch.bool or rows.is_complex():
+        raise ValueError(f"{name} must hold real numbers, got {rows.dtype}")
+    if rows.shape == (width,):
+        return rows.to(dtype).expand(batch, width)
+    if batched and rows.shape == (batch, width):
+        return rows.to(dtype)
+    expected = f"({width},)" + (f" or ({batch}, {width})" if batched else "")
+    raise ValueError(f"{name} must have shape {expected}, got {tuple(rows.shape)}")
+
+
+def _check_boxes(boxes: Tensor, sizes: Tensor) -> None:
+    top, left, height, width = boxes.unbind(-1)
+    bad_size = ~((sizes > 0).all(-1) & torch.isfinite(sizes).all(-1))
+    bad_box = ~((height > 0) & (width > 0) & torch.isfinite(boxes).all(-1))
+    outside = (top < 0) | (left < 0) | (top + height > sizes[:, 0]) | (left + width > sizes[:, 1])
+    bad = bad_size | bad_box | outside
+    if bool(bad.any()):
+        i = int(bad.nonzero()[0, 0])
+        box = [round(v, 4) for v in boxes[i].tolist()]
+        size = [round(v, 4) for v in sizes[i].tolist()]
+        if bool(bad_size[i]):
+            problem = f"image_size {size} must be positive"
+        elif bool(bad_box[i]):
+            problem = f"crop_box {box} must have a positive height and width"
+        else:
+            problem = f"crop_box {box} (top, left, height, width) leaves the image of size {size}"
+        where = f"sample {i}: " if boxes.shape[0] > 1 else ""
+        raise ValueError(
+            f"{where}{problem}; pass the box of RandomResizedCrop.get_params on that image"
+        )
