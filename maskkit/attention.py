@@ -155,6 +155,12 @@ class AttentionExtractor:
 
         Returns:
             (B, gh, gw) float32 maps; (B, heads, gh, gw) with ``head_reduction="none"``.
+
+        Raises:
+            ValueError: ``images`` is not 4-D.
+            RuntimeError: the forward never reached the block's attention softmax (an
+                attention module that bypasses ``attn_drop``), or the block saw fewer patch
+                tokens than the image has patches.
         """
         if images.ndim != 4:
             raise ValueError(f"images must be (B, C, H, W), got shape {tuple(images.shape)}")

@@ -67,7 +67,9 @@ def build(name: str, **kwargs: object) -> nn.Module:
     return copy.deepcopy(_built(name, tuple(sorted(kwargs.items()))))
 
 
-def unfused_attention(model: nn.Module, images: Tensor, block: int = -1, **forward_kwargs) -> Tensor:
+def unfused_attention(
+    model: nn.Module, images: Tensor, block: int = -1, **forward_kwargs
+) -> Tensor:
     """(B, heads, N, N) softmax of ``model.blocks[block]`` from timm's unfused branch."""
     flags = {m: m.fused_attn for m in model.modules() if hasattr(m, "fused_attn")}
     seen: list[Tensor] = []
@@ -251,7 +253,9 @@ def dynamic_vit(pad: bool) -> nn.Module:
     width=st.integers(8, 72),
     batch=st.integers(1, 3),
 )
-def test_dynamic_img_size_grid_follows_input(pad: bool, height: int, width: int, batch: int) -> None:
+def test_dynamic_img_size_grid_follows_input(
+    pad: bool, height: int, width: int, batch: int
+) -> None:
     if not pad:  # without padding timm needs whole patches
         height, width = 8 * (height // 8), 8 * (width // 8)
     model = dynamic_vit(pad)
@@ -435,6 +439,26 @@ def test_only_the_general_path_unfuses_and_only_its_block(path: str) -> None:
         expected[1] = False
     assert inside == expected
     assert {i: block.attn.fused_attn for i, block in enumerate(model.blocks)} == before
+
+
+@pytest.mark.parametrize("path", list(SMALL))
+def test_call_stops_the_forward_once_the_map_is_known(path: str) -> None:
+    name, kwargs = SMALL[path]
+    model = build(name, **kwargs)
+    images = torch.randn(1, 3, kwargs["img_size"], kwargs["img_size"])
+    calls: list[str] = []
+    handles = [
+        model.blocks[-1].mlp.register_forward_hook(lambda *_: calls.append("mlp")),
+        model.norm.register_forward_hook(lambda *_: calls.append("norm")),
+    ]
+    extractor = AttentionExtractor(model)
+    extractor(images)
+    assert calls == []
+    with extractor.capture(), torch.no_grad():  # the hook form never cuts the caller's forward
+        model.forward_features(images)
+    assert calls == ["mlp", "norm"]
+    for handle in handles:
+        handle.remove()
 
 
 # --- hook form ----------------------------------------------------------------------------------
@@ -650,32 +674,33 @@ IMAGE, PATCH, SQUARE = 32, 4, 8
 
 
 def square_images(count: int, gen: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
-    """Noisy images whose class is a bright (1) or dark (0) square at a random place.
+    """Noisy images of three classes: no square (0), a bright square with horizontal (1) or
+    vertical (2) stripes at a random place.
 
-    The background level varies from image to image by more than the square shifts the
-    image mean, so only the square itself tells the classes apart.
+    The empty class makes the model find the square in both striped classes: with two
+    classes it could detect one pattern and call every other image the second class without
+    looking at its square. The background level varies from image to image, so the image
+    mean tells nothing.
 
     Returns:
         images (count, 1, 32, 32), labels (count,), inside (count, 32, 32) bool.
     """
-    background = 0.25 + 0.5 * torch.rand(count, 1, 1, 1, generator=gen)
-    images = background + 0.1 * torch.randn(count, 1, IMAGE, IMAGE, generator=gen)
-    labels = torch.randint(0, 2, (count,), generator=gen)
+    background = 0.25 + 0.5 * torch.rand(count, 1, 1, generator=gen)
+    noise = 0.1 * torch.randn(count, IMAGE, IMAGE, generator=gen)
+    labels = torch.randint(0, 3, (count,), generator=gen)
     top, left = torch.randint(0, IMAGE - SQUARE + 1, (2, count, 1, 1), generator=gen)
     rows = torch.arange(IMAGE).view(1, IMAGE, 1)
     cols = torch.arange(IMAGE).view(1, 1, IMAGE)
     inside = (rows >= top) & (rows < top + SQUARE) & (cols >= left) & (cols < left + SQUARE)
-    contrast = 0.35 * (2 * labels - 1).float().view(count, 1, 1, 1)
-    return images + contrast * inside[:, None], labels, inside
+    inside &= (labels > 0).view(count, 1, 1)
+    stripes = torch.where(labels.view(count, 1, 1) == 1, rows % 2, cols % 2) * 2 - 1
+    square = (0.3 + 0.2 * stripes) * inside
+    return (background + noise + square)[:, None], labels, inside
 
 
 def test_supervised_maps_concentrate_on_the_deciding_square() -> None:
-    # One block: its cls attention is the only path from the patches to the head (class-token
-    # pooling), so a model that classifies well must attend to the square.
-    import os
-    seed = int(os.environ.get("SEED", 0))
-    torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(0)
     model = timm.create_model(
         "vit_tiny_patch16_224",
         pretrained=False,
@@ -683,30 +708,38 @@ def test_supervised_maps_concentrate_on_the_deciding_square() -> None:
         patch_size=PATCH,
         in_chans=1,
         embed_dim=64,
-        depth=1,
+        depth=2,
         num_heads=4,
-        num_classes=2,
+        mlp_ratio=2.0,
+        num_classes=3,
     )
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
-    for _ in range(300):
-        images, labels, _ = square_images(64, gen)
-        loss = F.cross_entropy(model(images), labels)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    # Small ops: one thread costs ~1.5x on an idle machine, but intra-op threads spinning on
+    # a busy one made this loop 10-20x slower.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for _ in range(200):
+            images, labels, _ = square_images(32, gen)
+            loss = F.cross_entropy(model(images), labels)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    finally:
+        torch.set_num_threads(threads)
 
-    images, labels, inside = square_images(256, gen)
+    images, labels, inside = square_images(384, gen)
     model.eval()
     with torch.no_grad():
         accuracy = (model(images).argmax(dim=1) == labels).float().mean()
-    maps = AttentionExtractor(model, normalize="none")(images)
+    maps = AttentionExtractor(model, normalize="none")(images)[labels > 0]
+    coverage = F.avg_pool2d(inside[labels > 0, None].float(), PATCH)[:, 0]  # patch share inside
 
-    coverage = F.avg_pool2d(inside[:, None].float(), PATCH)[:, 0]  # share of each patch inside
     mass_inside = (maps * coverage).sum(dim=(1, 2)) / maps.sum(dim=(1, 2))
-    area_share = SQUARE**2 / IMAGE**2
     peak = maps.flatten(1).argmax(dim=1)
     peak_on_square = coverage.flatten(1).gather(1, peak[:, None]).squeeze(1) > 0
-    print(accuracy, mass_inside.mean() / area_share, peak_on_square.float().mean())
     assert accuracy > 0.95
-    assert mass_inside.mean() > 3 * area_share
-    assert peak_on_square.float().mean() > 0.8
+    # The square is 1/16 of the image and touches about 1/10 of the patches. Seeds 0-3 gave
+    # 13-15x that share of the map mass and the peak on the square for every image.
+    assert mass_inside.mean() > 5 * SQUARE**2 / IMAGE**2
+    assert peak_on_square.float().mean() > 0.9
