@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 demo: $(VENV)/.installed
-	$(PY) examples/masking_demo.py
+	$(PY) examples/quickstart.py --out $(OUT)
 
 lint: $(VENV)/.installed
 	$(PY) -m ruff check .

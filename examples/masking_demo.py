@@ -1,6 +1,6 @@
 """Smallest maskkit demo: random, AMT-style and SAM splits of one batch, printed as grids.
 
-    python examples/masking_demo.py
+python examples/masking_demo.py
 """
 
 from __future__ import annotations

@@ -1,0 +1,161 @@
+"""One epoch of MSMAE fine-tuning (SAM keeps a quarter of the tokens) and the evaluation."""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+from util.distributed import all_reduce_mean, all_reduce_sum, is_main_process
+from util.lr_sched import WarmupCosineSchedule
+
+from maskkit import SAMMasker
+
+__all__ = ["classification_report", "evaluate", "train_one_epoch"]
+
+
+def train_one_epoch(
+    model: nn.Module,
+    data_loader: Iterable[Any],
+    optimizer: torch.optim.Optimizer,
+    device: torch.device,
+    epoch: int,
+    loss_scaler: torch.amp.GradScaler,
+    *,
+    masker: SAMMasker | None,
+    num_patches: int,
+    lr_schedule: WarmupCosineSchedule,
+    label_smoothing: float = 0.0,
+    amp_dtype: torch.dtype | None = None,
+    clip_grad: float | None = None,
+    progress: bool = True,
+) -> dict[str, float]:
+    """Fine-tune ``model`` for one epoch.
+
+    With a masker (MSMAE Sec. 3.3) each batch is split by the bank's weights aligned to its
+    crops and only the visible tokens are encoded; masked and thrown tokens are simply
+    dropped. Without one, every token is encoded (plain fine-tuning).
+
+    Args:
+        model: a :class:`~models_msmae.VisibleTokenClassifier` (maybe DDP-wrapped);
+            ``model(images, visible)`` gives logits.
+        data_loader: batches ``(images, targets, weights, indices)``.
+        optimizer: the optimizer, groups carrying the layer-decay ``lr_scale``.
+        device: where to train.
+        epoch: the epoch index (from 0).
+        loss_scaler: ``torch.amp.GradScaler``, enabled for float16 autocast only.
+        masker: SAM masker, or None to encode all tokens.
+        num_patches: L, patches per image.
+        lr_schedule: the per-iteration schedule.
+        label_smoothing: cross-entropy label smoothing (MAE fine-tuning: 0.1).
+        amp_dtype: autocast dtype on CUDA, or None for full precision.
+        clip_grad: max gradient norm, or None.
+        progress: show a tqdm bar (on rank 0).
+
+    Returns:
+        Epoch means over all ranks: ``loss``, ``acc`` (on the training views) and the last ``lr``.
+    """
+    model.train()
+    totals = {"loss": 0.0, "acc": 0.0}
+    steps = len(data_loader)  # type: ignore[arg-type]
+    lr = 0.0
+    bar = tqdm(data_loader, desc=f"finetune {epoch}", disable=not (progress and is_main_process()))
+    for step, (images, targets, weights, _) in enumerate(bar):
+        lr = lr_schedule.apply(optimizer, epoch + step / steps)
+        images = images.to(device, non_blocking=True)
+        targets = targets.to(device, non_blocking=True)
+        visible = None
+        if masker is not None:
+            weights = weights.to(device, non_blocking=True)
+            visible = masker(images.shape[0], num_patches, weights, device=device).visible
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            logits = model(images, visible)
+        loss = F.cross_entropy(logits.float(), targets, label_smoothing=label_smoothing)
+        loss_value = loss.item()
+        if not math.isfinite(loss_value):
+            sys.exit(f"loss is {loss_value} at epoch {epoch}, step {step}; stopping training")
+        optimizer.zero_grad(set_to_none=True)
+        loss_scaler.scale(loss).backward()
+        if clip_grad is not None:
+            loss_scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+        loss_scaler.step(optimizer)
+        loss_scaler.update()
+
+        totals["loss"] += loss_value
+        totals["acc"] += (logits.argmax(-1) == targets).float().mean().item()
+        bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}")
+    stats = all_reduce_mean({name: total / max(steps, 1) for name, total in totals.items()})
+    return {**stats, "lr": lr}
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    data_loader: Iterable[Any],
+    device: torch.device,
+    *,
+    num_classes: int,
+    amp_dtype: torch.dtype | None = None,
+) -> dict[str, Any]:
+    """Evaluate on every token: loss, top-1 accuracy, per-class recall, confusion matrix.
+
+    Each rank evaluates its own shard (no sample twice); the confusion matrix and the loss
+    are summed over ranks, so the numbers are exact for the whole set.
+
+    Args:
+        model: ``model(images)`` gives logits (all tokens).
+        data_loader: batches whose first two items are images and targets.
+        device: where to run.
+        num_classes: number of classes.
+        amp_dtype: autocast dtype on CUDA, or None.
+
+    Returns:
+        :func:`classification_report` of the confusion matrix, plus ``loss``.
+    """
+    model.eval()
+    confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+    loss_sum = torch.zeros((), dtype=torch.float64)
+    for images, targets, *_ in data_loader:
+        images = images.to(device, non_blocking=True)
+        targets = targets.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            logits = model(images)
+        loss_sum += F.cross_entropy(logits.float(), targets, reduction="sum").double().cpu()
+        pairs = targets.cpu() * num_classes + logits.argmax(-1).cpu()
+        confusion += torch.bincount(pairs, minlength=num_classes**2).view(num_classes, -1)
+    confusion = all_reduce_sum(confusion)
+    loss_sum = all_reduce_sum(loss_sum)
+    report = classification_report(confusion)
+    report["loss"] = float(loss_sum) / max(int(confusion.sum()), 1)
+    return report
+
+
+def classification_report(confusion: torch.Tensor) -> dict[str, Any]:
+    """Top-1 accuracy, per-class recall and the matrix itself from a confusion matrix.
+
+    Args:
+        confusion: (C, C) int64 counts, rows = true class, columns = predicted class.
+
+    Returns:
+        ``acc1`` (percent), ``recall`` (C floats; None for a class with no sample),
+        ``confusion`` (C lists of ints) and ``num_samples``.
+    """
+    total = int(confusion.sum())
+    per_class = confusion.sum(dim=1)
+    correct = confusion.diagonal()
+    recall = [
+        (float(c) / float(n)) if int(n) > 0 else None
+        for c, n in zip(correct.tolist(), per_class.tolist(), strict=True)
+    ]
+    return {
+        "acc1": 100.0 * float(correct.sum()) / total if total else 0.0,
+        "recall": recall,
+        "confusion": confusion.tolist(),
+        "num_samples": total,
+    }

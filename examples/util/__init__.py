@@ -1,0 +1,1 @@
+"""Helpers of the MSMAE recipes: lr schedule, optimiser groups, DDP, checkpoints, data, logs."""
