@@ -33,13 +33,10 @@ Outputs in ``--output_dir`` (rank 0 only): ``checkpoint.pth`` (every epoch, atom
 from __future__ import annotations
 
 import argparse
-import random
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
 from engine_finetune import evaluate, train_one_epoch
 from models_msmae import VisibleTokenClassifier, create_vit, load_pretrained_encoder
 from torch.nn.parallel import DistributedDataParallel
@@ -58,6 +55,7 @@ from util.log import JsonLinesLog, write_json
 from util.lr_sched import WarmupCosineSchedule
 from util.masking import save_refresh_masks
 from util.optim import build_adamw
+from util.runtime import add_runtime_args, seed_everything
 
 from maskkit import (
     AttentionExtractor,
@@ -126,17 +124,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     add_data_args(parser)
 
     # Runtime
-    parser.add_argument("--output_dir", default="runs/finetune", help="where rank 0 writes")
-    parser.add_argument("--resume", default="", help="checkpoint to continue from")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument(
-        "--amp",
-        default="auto",
-        choices=["auto", "bf16", "fp16", "none"],
-        help="autocast on CUDA (auto: bf16 where supported, else fp16); CPU runs in float32",
-    )
-    parser.add_argument("--seed", default=0, type=int)
-    parser.add_argument("--no_progress", action="store_true", help="hide the progress bars")
+    add_runtime_args(parser, output_dir="runs/finetune")
     return parser
 
 
@@ -159,9 +147,7 @@ def _finetune(args: argparse.Namespace, ctx: DistributedContext) -> dict[str, An
     print0(f"MSMAE fine-tuning: {ctx.world_size} process(es) on {device}, lr {args.lr:.3g}")
 
     seed = args.seed + ctx.rank
-    torch.manual_seed(seed)
-    np.random.seed(seed)
-    random.seed(seed)
+    seed_everything(seed)
 
     splits = build_datasets(args)
     num_classes = len(splits.classes)
