@@ -54,7 +54,7 @@ from util.distributed import DistributedContext, all_gather_objects, init_distri
 from util.log import JsonLinesLog, write_json
 from util.lr_sched import WarmupCosineSchedule
 from util.masking import save_refresh_masks
-from util.optim import build_adamw
+from util.optim import add_optimizer_args, build_adamw, scaled_lr
 from util.runtime import add_runtime_args, seed_everything
 
 from maskkit import (
@@ -106,19 +106,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--refresh_every", default=20, type=int, help="epochs between refreshes")
 
     # Optimizer
-    parser.add_argument("--weight_decay", default=0.05, type=float)
-    parser.add_argument("--lr", default=None, type=float, help="absolute lr (overrides --blr)")
-    parser.add_argument(
-        "--blr",
-        default=1e-3,
-        type=float,
-        help="base lr: lr = blr * effective batch size / 256",
-    )
+    add_optimizer_args(parser, min_lr=1e-6, warmup_epochs=5)
     parser.add_argument("--layer_decay", default=0.75, type=float, help="layer-wise lr decay")
-    parser.add_argument("--min_lr", default=1e-6, type=float, help="floor of the cosine")
-    parser.add_argument("--warmup_epochs", default=5, type=int, help="epochs of lr warm-up")
     parser.add_argument("--smoothing", default=0.1, type=float, help="label smoothing")
-    parser.add_argument("--clip_grad", default=None, type=float, help="max gradient norm")
 
     # Data
     add_data_args(parser)
@@ -140,8 +130,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 def _finetune(args: argparse.Namespace, ctx: DistributedContext) -> dict[str, Any]:
     started = time.time()
     device = ctx.device
-    if args.lr is None:
-        args.lr = args.blr * args.batch_size * ctx.world_size / 256
+    args.lr = scaled_lr(args, ctx.world_size)
     amp_dtype, scaler = amp_settings(args.amp, device)
     output_dir = Path(args.output_dir)
     print0(f"MSMAE fine-tuning: {ctx.world_size} process(es) on {device}, lr {args.lr:.3g}")

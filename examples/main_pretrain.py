@@ -53,7 +53,7 @@ from util.distributed import DistributedContext, all_gather_objects, init_distri
 from util.log import JsonLinesLog, write_json
 from util.lr_sched import WarmupCosineSchedule
 from util.masking import lesion_hit_rates, save_refresh_masks
-from util.optim import build_adamw
+from util.optim import add_optimizer_args, build_adamw, scaled_lr
 from util.runtime import add_runtime_args, seed_everything
 
 from maskkit import (
@@ -125,17 +125,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--refresh_every", default=40, type=int, help="epochs between refreshes")
 
     # Optimizer
-    parser.add_argument("--weight_decay", default=0.05, type=float)
-    parser.add_argument("--lr", default=None, type=float, help="absolute lr (overrides --blr)")
-    parser.add_argument(
-        "--blr",
-        default=1e-3,
-        type=float,
-        help="base lr: lr = blr * effective batch size / 256",
-    )
-    parser.add_argument("--min_lr", default=0.0, type=float, help="floor of the cosine")
-    parser.add_argument("--warmup_epochs", default=40, type=int, help="epochs of lr warm-up")
-    parser.add_argument("--clip_grad", default=None, type=float, help="max gradient norm")
+    add_optimizer_args(parser, min_lr=0.0, warmup_epochs=40)
 
     # Data
     add_data_args(parser)
@@ -170,8 +160,7 @@ def _pretrain(args: argparse.Namespace, ctx: DistributedContext) -> dict[str, An
         )
     if args.cls_loss_weight is None:
         args.cls_loss_weight = 0.0 if args.masker == "amt" else 0.1
-    if args.lr is None:
-        args.lr = args.blr * args.batch_size * ctx.world_size / 256
+    args.lr = scaled_lr(args, ctx.world_size)
     amp_dtype, scaler = amp_settings(args.amp, device)
     output_dir = Path(args.output_dir)
     print0(f"MSMAE pre-training: {ctx.world_size} process(es) on {device}, lr {args.lr:.3g}")

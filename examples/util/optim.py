@@ -4,11 +4,13 @@ optional layer-wise lr decay (BEiT, used by MAE fine-tuning), via timm's group b
 
 from __future__ import annotations
 
+import argparse
+
 import torch
 from timm.optim import param_groups_layer_decay, param_groups_weight_decay
 from torch import nn
 
-__all__ = ["build_adamw"]
+__all__ = ["add_optimizer_args", "build_adamw", "scaled_lr"]
 
 
 def build_adamw(
@@ -41,3 +43,29 @@ def build_adamw(
             model, weight_decay=weight_decay, no_weight_decay_list=skip, layer_decay=layer_decay
         )
     return torch.optim.AdamW(groups, lr=lr, betas=betas)
+
+
+def add_optimizer_args(
+    parser: argparse.ArgumentParser, *, min_lr: float, warmup_epochs: int
+) -> None:
+    """AdamW and lr-schedule options (MSMAE Tables 4-5: blr 1e-3, weight decay 0.05)."""
+    parser.add_argument("--weight_decay", default=0.05, type=float)
+    parser.add_argument("--lr", default=None, type=float, help="absolute lr (overrides --blr)")
+    parser.add_argument(
+        "--blr",
+        default=1e-3,
+        type=float,
+        help="base lr: lr = blr * effective batch size / 256",
+    )
+    parser.add_argument("--min_lr", default=min_lr, type=float, help="floor of the cosine")
+    parser.add_argument(
+        "--warmup_epochs", default=warmup_epochs, type=int, help="epochs of lr warm-up"
+    )
+    parser.add_argument("--clip_grad", default=None, type=float, help="max gradient norm")
+
+
+def scaled_lr(args: argparse.Namespace, world_size: int) -> float:
+    """``--lr`` if given, else MAE's linear scaling ``blr * effective batch / 256``."""
+    if args.lr is not None:
+        return args.lr
+    return args.blr * args.batch_size * world_size / 256
