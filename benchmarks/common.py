@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 __all__ = [
+    "fmt",
     "Candidate",
     "resolve_device",
     "synchronize",
@@ -302,3 +303,14 @@ def format_table(header: list[str], rows: list[list[str]]) -> str:
     rule = "  ".join("-" * width for width in widths)
     head = "  ".join(cell.ljust(width) for cell, width in zip(header, widths))
     return "\n".join([head, rule, *lines])
+
+
+def fmt(value: Any, digits: int = 3) -> str:
+    """A figure for a table: "n/a" for None, yes/no for bools, short floats."""
+    if value is None:
+        return "n/a"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}" if abs(value) < 1e-3 else f"{value:.{digits}f}"
+    return str(value)

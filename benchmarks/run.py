@@ -40,7 +40,13 @@ import bench_extraction  # noqa: E402
 import bench_finetune  # noqa: E402
 import bench_masking  # noqa: E402
 import bench_pretrain  # noqa: E402
-from common import device_slug, environment, format_table, resolve_device  # noqa: E402
+from common import (  # noqa: E402
+    device_slug,
+    environment,
+    fmt,
+    format_table,
+    resolve_device,
+)
 
 __all__ = ["GOALS", "SECTIONS", "evaluate_goals", "main", "run_all"]
 
@@ -129,46 +135,36 @@ def run_all(device: str, *, quick: bool, only: list[str]) -> dict[str, Any]:
     return results
 
 
-def _fmt(value: Any, digits: int = 3) -> str:
-    if value is None:
-        return "n/a"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, float):
-        return f"{value:.{digits}g}" if abs(value) < 1e-3 else f"{value:.{digits}f}"
-    return str(value)
-
-
 def render(results: dict[str, Any]) -> str:
     """Plain-text tables of the headline figures."""
     parts = [f"device: {results['device']}  (torch {results['versions']['torch']})"]
     if "masking" in results:
         timings = results["masking"]["timings"]
         names = list(next(iter(timings.values())))
-        rows = [[size] + [_fmt(t[n]["median_ms"]) for n in names] for size, t in timings.items()]
+        rows = [[size] + [fmt(t[n]["median_ms"]) for n in names] for size, t in timings.items()]
         parts += ["\nmasking, median ms per call", format_table(["size", *names], rows)]
         ratios = results["masking"]["ratios"]
         keys = list(next(iter(ratios.values())))
-        rows = [[size] + [_fmt(r[k], 2) for k in keys] for size, r in ratios.items()]
+        rows = [[size] + [fmt(r[k], 2) for k in keys] for size, r in ratios.items()]
         parts += ["\nmasking, ratios (x)", format_table(["size", *keys], rows)]
         checks = [
-            [check, name, _fmt(entry["passed"]), entry["detail"][:70]]
+            [check, name, fmt(entry["passed"]), entry["detail"][:70]]
             for check in ("cuda_graph", "compile_fullgraph")
             for name, entry in results["masking"][check].items()
         ]
         syncs = results["masking"]["host_syncs"]["counts"]
-        checks += [["host_syncs", name, _fmt(count), ""] for name, count in syncs.items()]
+        checks += [["host_syncs", name, fmt(count), ""] for name, count in syncs.items()]
         parts += ["\nmasking checks", format_table(["check", "candidate", "result", ""], checks)]
     if "pretrain" in results:
         pre = results["pretrain"]
-        rows = [[name, _fmt(t["median_ms"])] for name, t in pre["timings"].items()]
+        rows = [[name, fmt(t["median_ms"])] for name, t in pre["timings"].items()]
         parts += [
             f"\npre-training step ({pre['config']['encoder']}, B={pre['config']['batch_size']})",
             format_table(["candidate", "median ms"], rows),
         ]
     if "extraction" in results:
         scalars = [
-            [key, _fmt(value)]
+            [key, fmt(value)]
             for key, value in results["extraction"].items()
             if isinstance(value, (int, float)) and not isinstance(value, bool)
         ]
@@ -179,14 +175,14 @@ def render(results: dict[str, Any]) -> str:
         rows = [
             [
                 kind,
-                _fmt(fine["flops"][kind]["gflops"]),
-                _fmt(fine["flops"][kind]["gmacs"]),
-                _fmt(fine["flops"][kind]["linear_conv_gmacs"]),
-                _fmt(paper[f"{kind}_gflops"]),
-                _fmt(fine["timings"][f"{kind}_step"]["median_ms"]),
-                _fmt(fine["timings"][f"{kind}_inference"]["median_ms"]),
-                _fmt(fine["timings"][f"{kind}_inference_b1"]["median_ms"]),
-                _fmt(paper[f"{kind}_inference_ms"]),
+                fmt(fine["flops"][kind]["gflops"]),
+                fmt(fine["flops"][kind]["gmacs"]),
+                fmt(fine["flops"][kind]["linear_conv_gmacs"]),
+                fmt(paper[f"{kind}_gflops"]),
+                fmt(fine["timings"][f"{kind}_step"]["median_ms"]),
+                fmt(fine["timings"][f"{kind}_inference"]["median_ms"]),
+                fmt(fine["timings"][f"{kind}_inference_b1"]["median_ms"]),
+                fmt(paper[f"{kind}_inference_ms"]),
             ]
             for kind in ("full", "sam")
         ]
@@ -203,7 +199,7 @@ def render(results: dict[str, Any]) -> str:
         ]
         parts += [f"\nfine-tuning ({config['model']})", format_table(header, rows)]
     goals = results["summary"]["goals"]
-    rows = [[key, _fmt(g["value"]), g["target"], _fmt(g["met"])] for key, g in goals.items()]
+    rows = [[key, fmt(g["value"]), g["target"], fmt(g["met"])] for key, g in goals.items()]
     parts += [
         f"\nsummary ({results['summary']['scope']})",
         format_table(["figure", "value", "goal", "met"], rows),

@@ -9,12 +9,17 @@ tests/test_docs.py fails while the page and the results files disagree.
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "benchmarks" / "results"
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from common import fmt  # noqa: E402  (benchmarks/ is scripts, not a package)
+
 PAGE = ROOT / "docs" / "benchmarks.md"
 
 Results = list[tuple[str, dict[str, Any]]]
@@ -59,16 +64,6 @@ def load_results(folder: Path = RESULTS) -> Results:
     )
 
 
-def _fmt(value: Any, digits: int = 3) -> str:
-    if value is None:
-        return "n/a"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, float):
-        return f"{value:.{digits}g}" if abs(value) < 1e-3 else f"{value:.{digits}f}"
-    return str(value)
-
-
 def _table(header: list[str], rows: Iterable[list[Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     lines += ["| " + " | ".join(str(cell).replace("|", "/") for cell in row) + " |" for row in rows]
@@ -103,9 +98,9 @@ def _overview(results: Results) -> str:
                 result["device"],
                 "quick" if result.get("quick") else "full",
                 ", ".join(result.get("sections", [])),
-                _fmt(versions.get("torch")),
-                _fmt(versions.get("timm")),
-                _fmt(versions.get("cuda")),
+                fmt(versions.get("torch")),
+                fmt(versions.get("timm")),
+                fmt(versions.get("cuda")),
             ]
         )
     header = ["file", "device", "run", "sections", "torch", "timm", "CUDA"]
@@ -119,9 +114,9 @@ def _summary(result: dict[str, Any]) -> str:
         [
             f"`{key}`",
             goal.get("goal", ""),
-            _fmt(goal.get("value")),
+            fmt(goal.get("value")),
             goal.get("target", ""),
-            _fmt(goal.get("met")),
+            fmt(goal.get("met")),
         ]
         for key, goal in goals.items()
     ]
@@ -135,20 +130,20 @@ def _masking(section: dict[str, Any]) -> str:
     timings = section.get("timings", {})
     if timings:
         names = list(next(iter(timings.values())))
-        rows = [[size, *(_fmt(t[n]["median_ms"]) for n in names)] for size, t in timings.items()]
+        rows = [[size, *(fmt(t[n]["median_ms"]) for n in names)] for size, t in timings.items()]
         parts += ["Median ms per call:", _table(["size", *names], rows)]
     ratios = section.get("ratios", {})
     if ratios:
         keys = list(next(iter(ratios.values())))
-        rows = [[size, *(_fmt(r[k], 2) for k in keys)] for size, r in ratios.items()]
+        rows = [[size, *(fmt(r[k], 2) for k in keys)] for size, r in ratios.items()]
         parts += ["Ratios (x):", _table(["size", *keys], rows)]
     checks = [
-        [check, name, _fmt(entry.get("passed")), entry.get("detail", "")[:90]]
+        [check, name, fmt(entry.get("passed")), entry.get("detail", "")[:90]]
         for check in ("cuda_graph", "compile_fullgraph")
         for name, entry in section.get(check, {}).items()
     ]
     counts = section.get("host_syncs", {}).get("counts", {})
-    checks += [["host_syncs", name, _fmt(count), ""] for name, count in counts.items()]
+    checks += [["host_syncs", name, fmt(count), ""] for name, count in counts.items()]
     if checks:
         parts += ["Checks:", _table(["check", "candidate", "result", "detail"], checks)]
     return "\n\n".join(parts)
@@ -156,7 +151,7 @@ def _masking(section: dict[str, Any]) -> str:
 
 def _pretrain(section: dict[str, Any]) -> str:
     config = section.get("config", {})
-    rows = [[name, _fmt(t["median_ms"])] for name, t in section.get("timings", {}).items()]
+    rows = [[name, fmt(t["median_ms"])] for name, t in section.get("timings", {}).items()]
     title = (
         f"### Pre-training step ({config.get('encoder', '?')}, B={config.get('batch_size', '?')})"
     )
@@ -166,7 +161,7 @@ def _pretrain(section: dict[str, Any]) -> str:
 def _extraction(section: dict[str, Any]) -> str:
     config = section.get("config", {})
     rows = [
-        [key, _fmt(value)]
+        [key, fmt(value)]
         for key, value in section.items()
         if isinstance(value, (int, float)) and not isinstance(value, bool)
     ]
@@ -182,19 +177,19 @@ def _finetune(section: dict[str, Any]) -> str:
     batch = config.get("batch_size", "?")
 
     def median(key: str) -> str:
-        return _fmt(timings.get(key, {}).get("median_ms"))
+        return fmt(timings.get(key, {}).get("median_ms"))
 
     rows = [
         [
             kind,
-            _fmt(flops.get(kind, {}).get("gflops")),
-            _fmt(flops.get(kind, {}).get("gmacs")),
-            _fmt(flops.get(kind, {}).get("linear_conv_gmacs")),
-            _fmt(paper.get(f"{kind}_gflops")),
+            fmt(flops.get(kind, {}).get("gflops")),
+            fmt(flops.get(kind, {}).get("gmacs")),
+            fmt(flops.get(kind, {}).get("linear_conv_gmacs")),
+            fmt(paper.get(f"{kind}_gflops")),
             median(f"{kind}_step"),
             median(f"{kind}_inference"),
             median(f"{kind}_inference_b1"),
-            _fmt(paper.get(f"{kind}_inference_ms")),
+            fmt(paper.get(f"{kind}_inference_ms")),
         ]
         for kind in ("full", "sam")
     ]
@@ -228,18 +223,16 @@ def _run(name: str, result: dict[str, Any]) -> str:
     kind = "quick run" if result.get("quick") else "full run"
     facts = [
         f"{kind}",
-        f"torch {_fmt(versions.get('torch'))}",
-        f"timm {_fmt(versions.get('timm'))}",
-        f"maskkit {_fmt(versions.get('maskkit'))}",
-        f"Python {_fmt(versions.get('python'))}",
+        f"torch {fmt(versions.get('torch'))}",
+        f"timm {fmt(versions.get('timm'))}",
+        f"maskkit {fmt(versions.get('maskkit'))}",
+        f"Python {fmt(versions.get('python'))}",
     ]
     if versions.get("cuda"):
         facts.append(f"CUDA {versions['cuda']}")
     if host:
-        facts.append(
-            f"{_fmt(host.get('cpu_count'))} CPUs, {_fmt(host.get('torch_threads'))} threads"
-        )
-    facts.append(f"timed with {_fmt(result.get('timing_method'))}")
+        facts.append(f"{fmt(host.get('cpu_count'))} CPUs, {fmt(host.get('torch_threads'))} threads")
+    facts.append(f"timed with {fmt(result.get('timing_method'))}")
     parts = [f"## {result['device']}: `{name}`", ", ".join(facts) + "."]
     if result.get("quick"):
         parts.append(
