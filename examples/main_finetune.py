@@ -41,7 +41,12 @@ from engine_finetune import evaluate, train_one_epoch
 from models_msmae import VisibleTokenClassifier, create_vit, load_pretrained_encoder
 from torch.nn.parallel import DistributedDataParallel
 from util.amp import amp_settings
-from util.checkpoint import get_rng_state, load_checkpoint, restore_rng, save_checkpoint
+from util.checkpoint import (
+    get_rng_state,
+    load_checkpoint,
+    resume_training_state,
+    save_training_state,
+)
 from util.data import (
     ResizedDataset,
     add_data_args,
@@ -183,13 +188,15 @@ def _finetune(args: argparse.Namespace, ctx: DistributedContext) -> dict[str, An
 
     start_epoch, best_acc1 = 0, 0.0
     if args.resume:
-        checkpoint = load_checkpoint(args.resume)
-        vit.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scaler.load_state_dict(checkpoint["scaler"])
-        bank.load_state_dict(checkpoint["bank"])
-        lr_schedule.warn_if_changed(checkpoint["lr_schedule"])
-        restore_rng(checkpoint["rng"], ctx.rank)
+        checkpoint = resume_training_state(
+            args.resume,
+            model=vit,
+            optimizer=optimizer,
+            scaler=scaler,
+            lr_schedule=lr_schedule,
+            bank=bank,
+            rank=ctx.rank,
+        )
         start_epoch, best_acc1 = checkpoint["epoch"] + 1, checkpoint["best_acc1"]
         print0(f"resumed from {args.resume} at epoch {start_epoch}")
     log = JsonLinesLog(output_dir / "log.jsonl", start_epoch=start_epoch) if ctx.is_main else None
@@ -240,19 +247,17 @@ def _finetune(args: argparse.Namespace, ctx: DistributedContext) -> dict[str, An
                     **{f"val_{k}": v for k, v in val_stats.items()},
                 }
             )
-            save_checkpoint(
+            save_training_state(
                 output_dir / "checkpoint.pth",
-                {
-                    "model": vit.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scaler": scaler.state_dict(),
-                    "lr_schedule": lr_schedule.state_dict(),
-                    "bank": bank.state_dict(),
-                    "epoch": epoch,
-                    "best_acc1": best_acc1,
-                    "rng": rng_states,
-                    "args": vars(args),
-                },
+                model=vit,
+                optimizer=optimizer,
+                scaler=scaler,
+                lr_schedule=lr_schedule,
+                bank=bank,
+                epoch=epoch,
+                rng=rng_states,
+                args=vars(args),
+                best_acc1=best_acc1,
             )
         print0(
             f"epoch {epoch}: train loss {train_stats['loss']:.4f}, val top-1 "

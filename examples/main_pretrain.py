@@ -40,7 +40,7 @@ from engine_pretrain import train_one_epoch
 from models_msmae import MSMAE, create_vit
 from torch.nn.parallel import DistributedDataParallel
 from util.amp import amp_settings
-from util.checkpoint import get_rng_state, load_checkpoint, restore_rng, save_checkpoint
+from util.checkpoint import get_rng_state, resume_training_state, save_training_state
 from util.data import (
     ResizedDataset,
     add_data_args,
@@ -196,13 +196,15 @@ def _pretrain(args: argparse.Namespace, ctx: DistributedContext) -> dict[str, An
 
     start_epoch = 0
     if args.resume:
-        checkpoint = load_checkpoint(args.resume)
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scaler.load_state_dict(checkpoint["scaler"])
-        bank.load_state_dict(checkpoint["bank"])
-        lr_schedule.warn_if_changed(checkpoint["lr_schedule"])
-        restore_rng(checkpoint["rng"], ctx.rank)
+        checkpoint = resume_training_state(
+            args.resume,
+            model=model,
+            optimizer=optimizer,
+            scaler=scaler,
+            lr_schedule=lr_schedule,
+            bank=bank,
+            rank=ctx.rank,
+        )
         start_epoch = checkpoint["epoch"] + 1
         print0(f"resumed from {args.resume} at epoch {start_epoch}")
     log = JsonLinesLog(output_dir / "log.jsonl", start_epoch=start_epoch) if ctx.is_main else None
@@ -251,18 +253,16 @@ def _pretrain(args: argparse.Namespace, ctx: DistributedContext) -> dict[str, An
             # Log first: a run stopped between the two writes resumes from the previous
             # checkpoint, and the resumed log drops this epoch's line before writing it again.
             log.write(record)  # type: ignore[union-attr]
-            save_checkpoint(
+            save_training_state(
                 output_dir / "checkpoint.pth",
-                {
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scaler": scaler.state_dict(),
-                    "lr_schedule": lr_schedule.state_dict(),
-                    "bank": bank.state_dict(),
-                    "epoch": epoch,
-                    "rng": rng_states,
-                    "args": vars(args),
-                },
+                model=model,
+                optimizer=optimizer,
+                scaler=scaler,
+                lr_schedule=lr_schedule,
+                bank=bank,
+                epoch=epoch,
+                rng=rng_states,
+                args=vars(args),
             )
         print0(
             f"epoch {epoch}: loss {stats['loss']:.4f} (recon {stats['recon_loss']:.4f}, "

@@ -424,13 +424,13 @@ class _InterruptedError(Exception):
 
 
 def _interrupt_after_first_checkpoint(monkeypatch: pytest.MonkeyPatch, module: Any) -> None:
-    real_save = module.save_checkpoint
+    real_save = module.save_training_state
 
-    def save_then_stop(path: Path, state: dict[str, Any]) -> None:
-        real_save(path, state)
+    def save_then_stop(path: Path, **state: Any) -> None:
+        real_save(path, **state)
         raise _InterruptedError
 
-    monkeypatch.setattr(module, "save_checkpoint", save_then_stop)
+    monkeypatch.setattr(module, "save_training_state", save_then_stop)
 
 
 @pytest.mark.parametrize("masker", ["sam", "random"])

@@ -17,13 +17,20 @@ from typing import IO, Any
 
 import numpy as np
 import torch
+from torch import nn
+
+from maskkit import MaskWeightBank
+
+from .lr_sched import WarmupCosineSchedule
 
 __all__ = [
     "atomic_open",
     "get_rng_state",
     "load_checkpoint",
     "restore_rng",
+    "resume_training_state",
     "save_checkpoint",
+    "save_training_state",
     "set_rng_state",
 ]
 
@@ -122,3 +129,58 @@ def restore_rng(states: list[dict[str, Any]], rank: int) -> None:
         )
         return
     set_rng_state(states[rank])
+
+
+def save_training_state(
+    path: str | os.PathLike[str],
+    *,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    lr_schedule: WarmupCosineSchedule,
+    bank: MaskWeightBank,
+    epoch: int,
+    rng: list[dict[str, Any]],
+    args: dict[str, Any],
+    **extra: Any,
+) -> None:
+    """Checkpoint everything a recipe needs to resume; ``rng`` holds every rank's states."""
+    save_checkpoint(
+        path,
+        {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict(),
+            "lr_schedule": lr_schedule.state_dict(),
+            "bank": bank.state_dict(),
+            "epoch": epoch,
+            "rng": rng,
+            "args": args,
+            **extra,
+        },
+    )
+
+
+def resume_training_state(
+    path: str | os.PathLike[str],
+    *,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    lr_schedule: WarmupCosineSchedule,
+    bank: MaskWeightBank,
+    rank: int,
+) -> dict[str, Any]:
+    """Load a :func:`save_training_state` checkpoint into the objects and this rank's RNGs.
+
+    Returns:
+        The checkpoint, for its ``epoch`` and any extra fields.
+    """
+    checkpoint = load_checkpoint(path)
+    model.load_state_dict(checkpoint["model"])
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    scaler.load_state_dict(checkpoint["scaler"])
+    bank.load_state_dict(checkpoint["bank"])
+    lr_schedule.warn_if_changed(checkpoint["lr_schedule"])
+    restore_rng(checkpoint["rng"], rank)
+    return checkpoint
