@@ -1,6 +1,6 @@
 # Two entry points do all set-up on a fresh machine:
 #   make demo   runs the main job (the quickstart on built-in synthetic data)
-#   make test   runs lint and the whole test suite
+#   make test   runs lint and the whole test suite (make test-fast: without the slow tests)
 # Each creates .venv and installs maskkit with its dev and docs extras on first use.
 
 PYTHON ?= python3
@@ -8,7 +8,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 OUT ?= runs/quickstart
 
-.PHONY: install demo test lint docs docs-serve bench clean
+.PHONY: install demo test test-fast lint docs docs-serve bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ lint: $(VENV)/.installed
 
 test: lint
 	$(PY) -m pytest
+
+# The inner loop: everything but the end-to-end, torchrun, mkdocs and benchmark runs.
+test-fast: lint
+	$(PY) -m pytest -m "not slow"
 
 docs: $(VENV)/.installed
 	$(VENV)/bin/mkdocs build --strict

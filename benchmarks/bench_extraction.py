@@ -31,7 +31,7 @@ from typing import Any
 
 import timm
 import torch
-from common import compare, peak_memory_mib, ratio, resolve_device
+from common import MEASUREMENTS, measure, peak_memory_mib, ratio, resolve_device, to_json
 from timm.utils import AttentionExtract
 from torch import nn
 
@@ -54,7 +54,7 @@ def _config(device: torch.device, *, quick: bool) -> dict[str, Any]:
             "model_kwargs": {"depth": 4},
             "batch_size": 8,
             "precisions": ["float32"],
-            "settings": {"repeats": 5, "warmup": 1, "target_ms": 5.0},
+            "settings": {"rounds": 3, "min_run_time": 0.01, "warmup": 1},
         }
     on_cuda = device.type == "cuda"
     return {
@@ -62,9 +62,9 @@ def _config(device: torch.device, *, quick: bool) -> dict[str, Any]:
         "model_kwargs": {},
         "batch_size": 64 if on_cuda else 4,
         "precisions": ["float32", "bfloat16"] if on_cuda else ["float32"],
-        "settings": {"repeats": 15, "warmup": 3, "target_ms": 20.0}
+        "settings": {"rounds": 10, "min_run_time": 0.05, "warmup": 3}
         if on_cuda
-        else {"repeats": 5, "warmup": 1, "target_ms": 0.0},
+        else {"rounds": 5, "min_run_time": 0.01, "warmup": 1},
     }
 
 
@@ -148,15 +148,18 @@ def run(device: str, *, quick: bool) -> dict[str, Any]:
     memory: dict[str, Any] = {}
     ratios: dict[str, Any] = {}
     max_abs_diff = None
+    measurements = []
     for precision in config["precisions"]:
         calls, extractors = _candidates(model, images, precision)
         if precision == "float32":
             max_abs_diff = _max_abs_diff_vs_timm(
                 extractors["extractor"], extractors["timm_last"], images
             )
-        timings[precision] = compare(calls, dev, **config["settings"])
+        measured = measure(calls, label="extraction", sub_label=precision, **config["settings"])
+        measurements += measured.values()
+        timings[precision] = {name: to_json(m) for name, m in measured.items()}
         memory[precision] = {name: peak_memory_mib(calls[name], dev) for name in CANDIDATES}
-        median = {name: entry["median_ms"] for name, entry in timings[precision].items()}
+        median = {name: m.median for name, m in measured.items()}
         ratios[precision] = {
             "extraction_vs_forward": ratio(median["extractor"], median["plain_forward"]),
             "timm_extract_vs_forward": ratio(
@@ -193,6 +196,7 @@ def run(device: str, *, quick: bool) -> dict[str, Any]:
         "extraction_peak_mib": memory["float32"]["extractor"],
         "forward_peak_mib": memory["float32"]["plain_forward"],
         "timm_extract_peak_mib": memory["float32"]["timm_attention_extract"],
+        MEASUREMENTS: measurements,
     }
 
 
@@ -201,4 +205,6 @@ if __name__ == "__main__":
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--quick", action="store_true", help="tiny model and batch")
     args = parser.parse_args()
-    print(json.dumps(run(args.device, quick=args.quick), indent=2))
+    result = run(args.device, quick=args.quick)
+    del result[MEASUREMENTS]
+    print(json.dumps(result, indent=2))

@@ -23,7 +23,7 @@ from typing import Any
 import timm
 import torch
 import torch.nn.functional as F
-from common import compare, peak_memory_mib, ratio, resolve_device
+from common import MEASUREMENTS, measure, peak_memory_mib, ratio, resolve_device, to_json
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -62,7 +62,7 @@ def config_for(device: torch.device, *, quick: bool) -> dict[str, Any]:
             "model_overrides": {"embed_dim": 96, "depth": 2, "num_heads": 3},
             "batch_size": 8,
             "amp_dtype": None,
-            "repeats": 3,
+            "rounds": 3,
             "warmup": 1,
         }
     if device.type == "cuda":
@@ -71,7 +71,7 @@ def config_for(device: torch.device, *, quick: bool) -> dict[str, Any]:
             "model_overrides": {},
             "batch_size": 256,
             "amp_dtype": "bfloat16",
-            "repeats": 10,
+            "rounds": 10,
             "warmup": 3,
         }
     # ViT-B/16 training on all tokens costs ~0.1 TFLOP per image; a 2-core CPU manages a
@@ -81,7 +81,7 @@ def config_for(device: torch.device, *, quick: bool) -> dict[str, Any]:
         "model_overrides": {},
         "batch_size": 4,
         "amp_dtype": None,
-        "repeats": 3,
+        "rounds": 3,
         "warmup": 1,
     }
 
@@ -98,6 +98,24 @@ def _build(config: dict[str, Any], device: torch.device) -> nn.Module:
     return model.to(device)
 
 
+def _attention_flops(
+    query_shape: torch.Size,
+    key_shape: torch.Size,
+    value_shape: torch.Size,
+    *args: Any,
+    **kwargs: Any,
+) -> int:
+    """Forward FLOPs of scaled dot-product attention, (B, H, N, d) inputs: Q Kᵀ then P V."""
+    batch, heads, queries, width = query_shape
+    return 2 * batch * heads * queries * key_shape[-2] * (width + value_shape[-1])
+
+
+# torch's FlopCounterMode counts the CUDA SDPA kernels, but before torch 2.15 not the CPU
+# flash kernel that timm's fused attention runs on CPU: count it the same way everywhere,
+# so that totals (and ratios) do not depend on the torch version.
+_FLOP_FORMULAS = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _attention_flops}
+
+
 def count_flops(model: nn.Module, images: Tensor, visible: Tensor | None) -> dict[str, Any]:
     """Forward FLOPs of one batch, per image, total and split by operator.
 
@@ -105,7 +123,8 @@ def count_flops(model: nn.Module, images: Tensor, visible: Tensor | None) -> dic
     counting behind the paper's figures); ``gflops`` is FlopCounterMode's total (2 per
     multiply-add, attention included).
     """
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+    counter = FlopCounterMode(display=False, custom_mapping=_FLOP_FORMULAS)
+    with torch.no_grad(), counter:
         model.forward_head(forward_features_visible(model, images, visible))
     per_op = {str(op): flops for op, flops in counter.get_flop_counts()["Global"].items()}
     batch_size = images.shape[0]
@@ -209,8 +228,16 @@ def run(device: str, *, quick: bool) -> dict[str, Any]:
             torch.cuda.empty_cache()
             batch_size //= 2
 
-    settings = {"repeats": config["repeats"], "warmup": config["warmup"], "target_ms": 0.0}
-    steps = compare(train_steps, dev, **settings)
+    # A training step is long enough to time alone: one call per block.
+    min_run_time = {"steps": 0.0, "inference": 0.0 if batch_size > 8 else 0.05}
+    steps = measure(
+        train_steps,
+        label=f"finetune: training step ({config['model']})",
+        sub_label=f"B={batch_size}",
+        rounds=config["rounds"],
+        min_run_time=min_run_time["steps"],
+        warmup=config["warmup"],
+    )
     memory = {name: peak_memory_mib(train_steps[name], dev) for name in ("full_step", "sam_step")}
     optimizer.zero_grad(set_to_none=True)
 
@@ -228,19 +255,21 @@ def run(device: str, *, quick: bool) -> dict[str, Any]:
 
         return call
 
-    inference = compare(
+    inference = measure(
         {
             "full_inference": infer(images, None),
             "sam_inference": infer(images, visible),
             "full_inference_b1": infer(one_image, None),
             "sam_inference_b1": infer(one_image, visible_one),
         },
-        dev,
-        repeats=config["repeats"] + 2,
+        label=f"finetune: inference ({config['model']})",
+        sub_label=f"B={batch_size} (_b1: B=1)",
+        rounds=config["rounds"] + 2,
+        min_run_time=min_run_time["inference"],
         warmup=config["warmup"],
-        target_ms=0.0 if batch_size > 8 else 50.0,
     )
-    median = {name: entry["median_ms"] for name, entry in {**steps, **inference}.items()}
+    measured = {**steps, **inference}
+    median = {name: m.median * 1e3 for name, m in measured.items()}
     return {
         "config": {
             **config,
@@ -251,9 +280,10 @@ def run(device: str, *, quick: bool) -> dict[str, Any]:
             "visible_tokens": int(visible.shape[1]),
             "num_classes": NUM_CLASSES,
             "optimizer": "AdamW(lr=1e-4, weight_decay=0.05)",
+            "min_run_time": min_run_time,
         },
         "flops": flops,
-        "timings": {**steps, **inference},
+        "timings": {name: to_json(m) for name, m in measured.items()},
         "peak_memory_mib": memory,
         "paper": PAPER,
         "summary": {
@@ -270,4 +300,5 @@ def run(device: str, *, quick: bool) -> dict[str, Any]:
             "full_inference_ms_per_image": median["full_inference"] / batch_size,
             "full_inference_ms_b1": median["full_inference_b1"],
         },
+        MEASUREMENTS: list(measured.values()),
     }

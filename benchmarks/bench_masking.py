@@ -13,8 +13,6 @@ Candidates, all timed interleaved in one process for each batch size B and patch
 - ``maskkit_sam_path`` / ``amt_path``: sampling plus taking the visible tokens of
   x (B, L, 768): maskkit's index gather vs AMT's boolean indexing (a host sync).
 - ``gather_maskkit`` / ``gather_amt_boolean``: the token gather alone, on a fixed split.
-- ``gather_index_select``: the same rows by ``index_select`` on x flattened to (B * L, D),
-  an alternative implementation of :func:`maskkit.gather_tokens` measured for comparison.
 
 Run alone: ``python benchmarks/run.py --only masking --device cpu``.
 """
@@ -26,12 +24,14 @@ from typing import Any
 
 import torch
 from common import (
+    MEASUREMENTS,
     check_compile,
     check_cuda_graph,
-    compare,
     count_host_syncs,
+    measure,
     ratio,
     resolve_device,
+    to_json,
 )
 from torch import Tensor
 
@@ -44,7 +44,6 @@ __all__ = [
     "amt_sampling",
     "amt_path",
     "hpm_loop",
-    "gather_rows",
     "split_problem",
     "run",
 ]
@@ -109,17 +108,6 @@ def hpm_loop(weights: Tensor, *, mask_ratio: float, throw_ratio: float) -> tuple
     return torch.stack(orders), torch.stack(labels)
 
 
-def gather_rows(x: Tensor, indices: Tensor) -> Tensor:
-    """``gather_tokens`` by whole rows: x (B, L, D), indices (B, K) -> (B, K, D).
-
-    ``gather`` reads one index per element; ``index_select`` copies whole D-wide rows.
-    """
-    batch_size, num_patches, width = x.shape
-    offsets = torch.arange(batch_size, device=x.device).unsqueeze(1) * num_patches
-    rows = x.reshape(batch_size * num_patches, width).index_select(0, (indices + offsets).flatten())
-    return rows.view(batch_size, -1, width)
-
-
 def split_problem(split: MaskSplit, n_visible: int) -> str | None:
     """None if ``split`` is a valid partition with ``n_visible`` visible patches per sample."""
     batch_size, num_patches = split.ids_shuffle.shape
@@ -155,7 +143,6 @@ def _candidates(
         "amt_path": lambda: amt_path(x, weights, **ratios),
         "gather_maskkit": lambda: fixed.gather_visible(x),
         "gather_amt_boolean": lambda: x[fixed_is_visible].reshape(batch_size, -1, TOKEN_WIDTH),
-        "gather_index_select": lambda: gather_rows(x, fixed.visible),
     }
 
 
@@ -216,21 +203,27 @@ def run(device: str, *, quick: bool) -> dict[str, Any]:
 
     Returns:
         ``{"sizes", "settings", "timings", "ratios", "host_syncs", "cuda_graph",
-        "compile_fullgraph", "summary"}``; timings in ms per call.
+        "compile_fullgraph", "summary"}``; timings in ms per call (``common.to_json``).
     """
     dev = resolve_device(device)
     sizes = [(b, n) for b in BATCH_SIZES for n in NUM_PATCHES]
     if quick:  # the two sizes the summary reads: B=256 (headline) and B=64 (pre-training)
         sizes = [(64, 196), SUMMARY_SIZE]
-    settings = {"repeats": 5 if quick else 15, "warmup": 1 if quick else 3}
-    settings["target_ms"] = 5.0 if quick else 20.0
+    settings = {
+        "rounds": 3 if quick else 7,
+        "min_run_time": 0.01 if quick else 0.05,
+        "warmup": 1 if quick else 3,
+    }
     timings: dict[str, Any] = {}
     ratios: dict[str, Any] = {}
+    measurements = []
     for batch_size, num_patches in sizes:
         key = f"B{batch_size}_L{num_patches}"
-        result = compare(_candidates(batch_size, num_patches, dev), dev, **settings)
-        timings[key] = result
-        median = {name: entry["median_ms"] for name, entry in result.items()}
+        candidates = _candidates(batch_size, num_patches, dev)
+        result = measure(candidates, label="masking", sub_label=key, **settings)
+        measurements += result.values()
+        timings[key] = {name: to_json(m) for name, m in result.items()}
+        median = {name: m.median for name, m in result.items()}
         ratios[key] = {
             "sam_vs_mae_floor": ratio(median["maskkit_sam"], median["mae_floor"]),
             "random_vs_mae_floor": ratio(median["maskkit_random"], median["mae_floor"]),
@@ -238,10 +231,8 @@ def run(device: str, *, quick: bool) -> dict[str, Any]:
             "hpm_loop_vs_sam": ratio(median["hpm_loop"], median["maskkit_sam"]),
             "amt_path_vs_sam": ratio(median["amt_path"], median["maskkit_sam_path"]),
             "gather_amt_vs_maskkit": ratio(median["gather_amt_boolean"], median["gather_maskkit"]),
-            "gather_index_select_vs_maskkit": ratio(
-                median["gather_index_select"], median["gather_maskkit"]
-            ),
         }
+        del candidates
         if dev.type == "cuda":
             torch.cuda.empty_cache()
     syncs = _sync_counts(dev)
@@ -267,4 +258,5 @@ def run(device: str, *, quick: bool) -> dict[str, Any]:
             "host_syncs": syncs["maskkit_sam_path"],
             "sam_ms_B64_L196": timings["B64_L196"]["maskkit_sam"]["median_ms"],
         },
+        MEASUREMENTS: measurements,
     }

@@ -1,49 +1,59 @@
-"""Shared benchmark machinery: interleaved timing, medians, peak memory, sync and graph checks.
+"""What the benchmarks need beyond ``torch.utils.benchmark``: interleaving, checks, JSON.
 
-Every benchmark times its candidates in the same process and interleaves them: each
-repeat runs every candidate once, in an order rotated from repeat to repeat, so slow
-drifts of the machine (clock boost, other processes, thermal limits) hit all of them
-alike. One sample is the mean of ``inner`` back-to-back calls, chosen per candidate so
-that a sample lasts about ``target_ms``; the reported figure is the median of the samples.
-
-On CUDA a sample is timed with CUDA events around the ``inner`` calls (no host sync in
-between); on CPU with ``time.perf_counter``.
+Timing is ``torch.utils.benchmark``'s: each candidate gets a ``Timer``, measured with
+``Timer.blocked_autorange`` (blocks of back-to-back calls, sized so the timer's own cost is
+negligible; the accelerator is synchronised around each block, never inside one), and
+the figure is ``Measurement.median`` over the blocks. :func:`measure` only interleaves:
+it runs the autorange in ``rounds``, each round timing every candidate once in an order
+rotated from round to round, so slow drifts of the machine (clock boost, other
+processes, thermal limits) hit all candidates alike; ``Measurement.merge`` then pools the
+rounds. Everything else here is what torch does not give: host-sync counting, the CUDA
+graph and ``torch.compile(fullgraph=True)`` checks, device and host facts, JSON writing.
 """
 
 from __future__ import annotations
 
-import math
+import json
 import os
 import platform
 import re
-import statistics
 import sys
 import time
 import traceback
 import warnings
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils.benchmark import Measurement, Timer
+
+from maskkit.files import atomic_write
 
 __all__ = [
-    "fmt",
+    "MEASUREMENTS",
+    "TIMING_METHOD",
     "Candidate",
-    "resolve_device",
-    "synchronize",
-    "time_call",
-    "compare",
-    "ratio",
-    "peak_memory_mib",
-    "count_host_syncs",
-    "check_cuda_graph",
     "check_compile",
-    "environment",
+    "check_cuda_graph",
+    "count_host_syncs",
     "device_slug",
-    "format_table",
+    "environment",
+    "fmt",
+    "measure",
+    "peak_memory_mib",
+    "ratio",
+    "resolve_device",
+    "to_json",
+    "write_json",
 ]
 
 Candidate = Callable[[], object]
+
+TIMING_METHOD = "torch.utils.benchmark.Timer.blocked_autorange, interleaved rounds"
+# Key under which a section hands its Measurement objects to run.py for the printed
+# ``Compare`` tables; run.py removes it before writing the JSON.
+MEASUREMENTS = "_measurements"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -55,81 +65,69 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def synchronize(device: torch.device) -> None:
-    """Wait for queued device work (no-op on CPU)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_call(fn: Candidate, device: torch.device, *, inner: int = 1) -> float:
-    """Milliseconds per call of ``fn``, averaged over ``inner`` back-to-back calls."""
-    if device.type == "cuda":
-        start = torch.cuda.Event(enable_timing=True)
-        end = torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(inner):
-            fn()
-        end.record()
-        end.synchronize()
-        return start.elapsed_time(end) / inner
-    begin = time.perf_counter()
-    for _ in range(inner):
-        fn()
-    return (time.perf_counter() - begin) * 1e3 / inner
-
-
-def _calibrate(fn: Candidate, device: torch.device, target_ms: float) -> int:
-    if target_ms <= 0:
-        return 1
-    per_call = time_call(fn, device)
-    if per_call >= target_ms:
-        return 1
-    # Two more calls so the estimate is not dominated by one slow outlier.
-    per_call = min(per_call, *(time_call(fn, device) for _ in range(2)))
-    return max(1, min(1000, math.ceil(target_ms / max(per_call, 1e-3))))
-
-
-def compare(
+def measure(
     candidates: Mapping[str, Candidate],
-    device: torch.device,
     *,
-    repeats: int = 15,
-    warmup: int = 2,
-    target_ms: float = 20.0,
-) -> dict[str, dict[str, Any]]:
-    """Time every candidate, interleaved, and return per-candidate medians and samples.
+    label: str,
+    sub_label: str = "",
+    rounds: int = 5,
+    min_run_time: float = 0.05,
+    warmup: int = 1,
+) -> dict[str, Measurement]:
+    """Time every candidate with ``Timer.blocked_autorange``, interleaved in rounds.
 
     Args:
         candidates: name -> zero-argument callable doing one unit of work.
-        device: where the work runs (picks CUDA events or ``perf_counter``).
-        repeats: samples per candidate; each repeat runs every candidate once.
-        warmup: untimed calls per candidate first (allocator, kernels, lazy init).
-        target_ms: approximate length of one sample; sets the inner loop count (0: one
-            call per sample, for work that takes long enough alone, such as a training step).
+        label: the ``Compare`` table the measurements belong to (e.g. the section).
+        sub_label: the table row (e.g. a size); the candidate name is the column.
+        rounds: autorange runs per candidate; round r starts at candidate r (mod n).
+        min_run_time: seconds of timed blocks per candidate per round (a call slower than
+            that makes a one-call block; ``blocked_autorange``'s block-size search runs
+            untimed calls first, which also warm the candidate up again each round).
+        warmup: untimed calls per candidate before the first round (lazy initialisation
+            would otherwise make the first block-size search pick blocks that are too short).
 
     Returns:
-        name -> ``{"median_ms", "min_ms", "max_ms", "samples_ms", "inner"}``, all per call.
+        name -> the rounds merged into one ``Measurement`` (times per call, in seconds).
     """
     names = list(candidates)
+    timers = {
+        name: Timer(
+            stmt="fn()",
+            globals={"fn": candidates[name]},
+            label=label,
+            sub_label=sub_label,
+            description=name,
+            num_threads=torch.get_num_threads(),  # Timer would run single-threaded otherwise
+        )
+        for name in names
+    }
     for name in names:
         for _ in range(warmup):
             candidates[name]()
-    synchronize(device)
-    inner = {name: _calibrate(candidates[name], device, target_ms) for name in names}
-    samples: dict[str, list[float]] = {name: [] for name in names}
-    for rep in range(repeats):
-        shift = rep % len(names)
+    runs: dict[str, list[Measurement]] = {name: [] for name in names}
+    for index in range(rounds):
+        shift = index % len(names)
         for name in names[shift:] + names[:shift]:
-            samples[name].append(time_call(candidates[name], device, inner=inner[name]))
+            runs[name].append(timers[name].blocked_autorange(min_run_time=min_run_time))
+    merged = {}
+    for name in names:
+        (merged[name],) = Measurement.merge(runs[name])
+        # merge() drops the block sizes; keep them beside the figures.
+        merged[name].metadata = {"block_sizes": [m.number_per_run for m in runs[name]]}
+    return merged
+
+
+def to_json(measurement: Measurement) -> dict[str, Any]:
+    """A measurement's figures in ms per call: median, IQR, extremes and every block."""
+    times = [t * 1e3 for t in measurement.times]
     return {
-        name: {
-            "median_ms": statistics.median(samples[name]),
-            "min_ms": min(samples[name]),
-            "max_ms": max(samples[name]),
-            "samples_ms": [round(s, 6) for s in samples[name]],
-            "inner": inner[name],
-        }
-        for name in names
+        "median_ms": measurement.median * 1e3,
+        "iqr_ms": measurement.iqr * 1e3,
+        "min_ms": min(times),
+        "max_ms": max(times),
+        "samples_ms": [round(t, 6) for t in times],
+        "calls_per_sample": (measurement.metadata or {}).get("block_sizes"),
     }
 
 
@@ -287,7 +285,7 @@ def environment(device: torch.device) -> dict[str, Any]:
             "processor": platform.processor() or platform.machine(),
             "executable": sys.executable,
         },
-        "timing_method": "cuda_events" if device.type == "cuda" else "perf_counter",
+        "timing_method": TIMING_METHOD,
     }
 
 
@@ -296,13 +294,12 @@ def device_slug(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "device"
 
 
-def format_table(header: list[str], rows: list[list[str]]) -> str:
-    """Left-aligned plain-text table."""
-    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)) for row in rows]
-    rule = "  ".join("-" * width for width in widths)
-    head = "  ".join(cell.ljust(width) for cell, width in zip(header, widths))
-    return "\n".join([head, rule, *lines])
+def write_json(path: Path, results: dict[str, Any]) -> None:
+    """Write ``results`` to ``path`` atomically: an interrupted run leaves the old file whole."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path, "w") as file:
+        json.dump(results, file, indent=1)
+        file.write("\n")
 
 
 def fmt(value: Any, digits: int = 3) -> str:

@@ -10,42 +10,45 @@ Usage::
 
 The JSON goes to ``benchmarks/results/<device-name>.json`` (``-quick`` or ``-<sections>``
 appended for quick and partial runs) unless ``--out`` names a file. It holds the device,
-library versions, every raw timing (all samples, per call, in ms), the sizes each section
-used and a ``summary`` of the headline ratios with the goals of issue 6 beside them.
-See ``benchmarks/README.md`` for what each figure means.
+library versions, host facts (CPU count, threads, load average at the start and the end),
+every raw timing (all samples, per call, in ms), the sizes each section used and a
+``summary`` of the headline ratios with the goals of issue 6 beside them. The timings are
+``torch.utils.benchmark`` measurements (see ``common.py``) and are printed with its
+``Compare``. See ``benchmarks/README.md`` for what each figure means.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils.benchmark import Compare, Measurement
 
 BENCHMARKS = Path(__file__).resolve().parent
-# The sections import each other as top-level modules (``common``); the repository root
-# also makes ``benchmarks.*`` importable for modules that prefer that spelling.
-for folder in (BENCHMARKS, BENCHMARKS.parent):
-    if str(folder) not in sys.path:
-        sys.path.insert(0, str(folder))
+# The sections are scripts beside this one and import ``common`` as a top-level module.
+# ``python benchmarks/run.py`` puts this folder on sys.path by itself; this line does it
+# when run.py is loaded some other way (runpy, as tests/test_docs.py does).
+if str(BENCHMARKS) not in sys.path:
+    sys.path.insert(0, str(BENCHMARKS))
 
 import bench_extraction  # noqa: E402
 import bench_finetune  # noqa: E402
 import bench_masking  # noqa: E402
 import bench_pretrain  # noqa: E402
+import bench_strategies  # noqa: E402
 from common import (  # noqa: E402
+    MEASUREMENTS,
     device_slug,
     environment,
     fmt,
-    format_table,
     resolve_device,
+    write_json,
 )
 
 __all__ = ["GOALS", "SECTIONS", "evaluate_goals", "main", "run_all"]
@@ -55,7 +58,14 @@ SECTIONS: dict[str, Callable[..., dict[str, Any]]] = {
     "pretrain": bench_pretrain.run,
     "extraction": bench_extraction.run,
     "finetune": bench_finetune.run,
+    # Issue 13's strategies against the per-sample generators they replace (self-contained:
+    # its own interleaved torch.utils.benchmark timing, medians_ms / ratios / targets).
+    "strategies": bench_strategies.run,
 }
+
+# The strategies section's headline ratios (at B=256, L=196; issue 13's CPU targets), copied
+# into the run's summary beside issue 6's goals.
+STRATEGY_SUMMARY: tuple[str, ...] = tuple(key for key, _, _ in bench_strategies.TARGETS)
 
 # Issue 6's goals, set for a GPU: (summary key, comparison, threshold, statement).
 GOALS: list[tuple[str, str, float, str]] = [
@@ -76,12 +86,6 @@ _COMPARE: dict[str, Callable[[float, float], bool]] = {
 }
 
 
-def _extraction_ratio(result: dict[str, Any]) -> float | None:
-    if "extraction_vs_forward" in result:
-        return result["extraction_vs_forward"]
-    return result.get("summary", {}).get("extraction_vs_forward")
-
-
 def evaluate_goals(summary: dict[str, Any], device: str) -> dict[str, Any]:
     """Each goal with its value and whether it is met (None when the figure is missing)."""
     goals: dict[str, Any] = {}
@@ -100,53 +104,74 @@ def evaluate_goals(summary: dict[str, Any], device: str) -> dict[str, Any]:
     }
 
 
-def run_all(device: str, *, quick: bool, only: list[str]) -> dict[str, Any]:
-    """Run the chosen sections and assemble the results document."""
+def _load_average() -> list[float] | None:
+    return list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+
+
+def run_all(
+    device: str, *, quick: bool, only: list[str]
+) -> tuple[dict[str, Any], list[Measurement]]:
+    """Run the chosen sections and assemble the results document.
+
+    Returns:
+        The JSON-ready results and the sections' ``torch.utils.benchmark`` measurements
+        (for the printed ``Compare`` tables).
+    """
     dev = resolve_device(device)
     torch.manual_seed(0)
     results: dict[str, Any] = {**environment(dev), "quick": quick, "sections": only}
+    measurements: list[Measurement] = []
     wall: dict[str, float] = {}
     for name in only:
         begin = time.perf_counter()
         print(f"[{name}] running on {results['device']} ...", flush=True)
         results[name] = SECTIONS[name](device, quick=quick)
+        measurements += results[name].pop(MEASUREMENTS, [])
         wall[name] = round(time.perf_counter() - begin, 1)
         if dev.type == "cuda":
             torch.cuda.empty_cache()
     results["wall_s"] = wall
+    # The load when the run ends, beside the one when it began (``host``): a busy machine
+    # slows every candidate alike but makes the figures noisier.
+    results["host"]["load_average_end_1_5_15min"] = _load_average()
 
     def section_summary(name: str) -> dict[str, Any]:
         return results.get(name, {}).get("summary", {})
 
     masking, pretrain = section_summary("masking"), section_summary("pretrain")
-    finetune = section_summary("finetune")
+    finetune, strategies = section_summary("finetune"), section_summary("strategies")
     summary = {
         "sam_vs_mae_floor": masking.get("sam_vs_mae_floor"),
         "amt_path_vs_sam": masking.get("amt_path_vs_sam"),
         "host_syncs": masking.get("host_syncs"),
         "pretrain_masking_share": pretrain.get("pretrain_masking_share"),
-        "extraction_vs_forward": (
-            _extraction_ratio(results["extraction"]) if "extraction" in results else None
-        ),
+        "extraction_vs_forward": results.get("extraction", {}).get("extraction_vs_forward"),
         "finetune_step_speedup": finetune.get("finetune_step_speedup"),
         "finetune_flops_ratio": finetune.get("finetune_flops_ratio"),
+        **{key: strategies.get(key) for key in STRATEGY_SUMMARY},
     }
     results["summary"] = {**summary, **evaluate_goals(summary, dev.type)}
-    return results
+    return results, measurements
 
 
-def render(results: dict[str, Any]) -> str:
-    """Plain-text tables of the headline figures."""
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)) for row in rows]
+    rule = "  ".join("-" * width for width in widths)
+    return "\n".join(["  ".join(c.ljust(w) for c, w in zip(header, widths)), rule, *lines])
+
+
+def render(results: dict[str, Any], measurements: list[Measurement]) -> str:
+    """The timings as ``torch.utils.benchmark.Compare`` tables, then ratios, checks, goals."""
     parts = [f"device: {results['device']}  (torch {results['versions']['torch']})"]
+    if measurements:
+        compare = Compare(measurements)
+        parts.append(str(compare))
     if "masking" in results:
-        timings = results["masking"]["timings"]
-        names = list(next(iter(timings.values())))
-        rows = [[size] + [fmt(t[n]["median_ms"]) for n in names] for size, t in timings.items()]
-        parts += ["\nmasking, median ms per call", format_table(["size", *names], rows)]
         ratios = results["masking"]["ratios"]
         keys = list(next(iter(ratios.values())))
         rows = [[size] + [fmt(r[k], 2) for k in keys] for size, r in ratios.items()]
-        parts += ["\nmasking, ratios (x)", format_table(["size", *keys], rows)]
+        parts += ["masking, ratios (x)", _table(["size", *keys], rows)]
         checks = [
             [check, name, fmt(entry["passed"]), entry["detail"][:70]]
             for check in ("cuda_graph", "compile_fullgraph")
@@ -154,74 +179,51 @@ def render(results: dict[str, Any]) -> str:
         ]
         syncs = results["masking"]["host_syncs"]["counts"]
         checks += [["host_syncs", name, fmt(count), ""] for name, count in syncs.items()]
-        parts += ["\nmasking checks", format_table(["check", "candidate", "result", ""], checks)]
-    if "pretrain" in results:
-        pre = results["pretrain"]
-        rows = [[name, fmt(t["median_ms"])] for name, t in pre["timings"].items()]
-        parts += [
-            f"\npre-training step ({pre['config']['encoder']}, B={pre['config']['batch_size']})",
-            format_table(["candidate", "median ms"], rows),
-        ]
+        parts += ["\nmasking checks", _table(["check", "candidate", "result", ""], checks)]
     if "extraction" in results:
         scalars = [
             [key, fmt(value)]
             for key, value in results["extraction"].items()
             if isinstance(value, (int, float)) and not isinstance(value, bool)
         ]
-        parts += ["\nextraction", format_table(["figure", "value"], scalars)]
+        parts += ["\nextraction", _table(["figure", "value"], scalars)]
     if "finetune" in results:
         fine = results["finetune"]
-        config, paper = fine["config"], fine["paper"]
         rows = [
             [
                 kind,
                 fmt(fine["flops"][kind]["gflops"]),
                 fmt(fine["flops"][kind]["gmacs"]),
                 fmt(fine["flops"][kind]["linear_conv_gmacs"]),
-                fmt(paper[f"{kind}_gflops"]),
-                fmt(fine["timings"][f"{kind}_step"]["median_ms"]),
-                fmt(fine["timings"][f"{kind}_inference"]["median_ms"]),
-                fmt(fine["timings"][f"{kind}_inference_b1"]["median_ms"]),
-                fmt(paper[f"{kind}_inference_ms"]),
+                fmt(fine["paper"][f"{kind}_gflops"]),
             ]
             for kind in ("full", "sam")
         ]
-        header = [
-            "tokens",
-            "GFLOPs",
-            "GMACs",
-            "lin+conv GMACs",
-            "paper G",
-            f"step ms (B={config['batch_size']})",
-            f"infer ms (B={config['batch_size']})",
-            "infer ms (B=1)",
-            "paper ms",
-        ]
-        parts += [f"\nfine-tuning ({config['model']})", format_table(header, rows)]
+        header = ["tokens", "GFLOPs", "GMACs", "lin+conv GMACs", "paper G"]
+        parts += [f"\nfine-tuning FLOPs ({fine['config']['model']})", _table(header, rows)]
+    if "strategies" in results:
+        medians = results["strategies"]["medians_ms"]
+        names = list(next(iter(medians.values())))
+        rows = [[size] + [fmt(row[n]) for n in names] for size, row in medians.items()]
+        parts += ["\nstrategies, median ms per call", _table(["size", *names], rows)]
     goals = results["summary"]["goals"]
     rows = [[key, fmt(g["value"]), g["target"], fmt(g["met"])] for key, g in goals.items()]
+    targets = results.get("strategies", {}).get("targets", {})
+    # Issue 13's targets (CPU), as the strategies section judged them.
+    extra = [
+        [
+            key,
+            fmt(results["summary"][key]),
+            targets.get(key, {}).get("target", ""),
+            fmt(targets.get(key, {}).get("met")),
+        ]
+        for key in STRATEGY_SUMMARY
+    ]
     parts += [
         f"\nsummary ({results['summary']['scope']})",
-        format_table(["figure", "value", "goal", "met"], rows),
+        _table(["figure", "value", "goal", "met"], rows + extra),
     ]
     return "\n".join(parts)
-
-
-def _write_json(path: Path, results: dict[str, Any]) -> None:
-    # Write then rename, so an interrupted run never leaves a truncated results file.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w") as file:
-            json.dump(results, file, indent=1)
-            file.write("\n")
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private; results are shared
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -256,15 +258,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             raise SystemExit(f"--threads must be at least 1, got {args.threads}")
         torch.set_num_threads(args.threads)
     only = [name for name in SECTIONS if name in args.only]
-    results = run_all(args.device, quick=args.quick, only=only)
+    results, measurements = run_all(args.device, quick=args.quick, only=only)
     out = args.out
     if out is None:
         suffix = "-quick" if args.quick else ""
         if only != list(SECTIONS):
             suffix += "-" + "-".join(only)
         out = BENCHMARKS / "results" / f"{device_slug(results['device'])}{suffix}.json"
-    _write_json(out, results)
-    print(render(results))
+    write_json(out, results)
+    print(render(results, measurements))
     print(f"\nwrote {out}")
     return results
 

@@ -9,12 +9,13 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from msmae_util.runtime import all_reduce_mean, all_reduce_sum
+from timm.scheduler.scheduler import Scheduler
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
-from util.distributed import all_reduce_mean, all_reduce_sum, is_main_process
-from util.lr_sched import WarmupCosineSchedule
 
-from maskkit import SAMMasker
+from maskkit import MaskWeightBank, SAMMasker, align_weights
 
 __all__ = ["classification_report", "evaluate", "train_one_epoch"]
 
@@ -26,10 +27,10 @@ def train_one_epoch(
     device: torch.device,
     epoch: int,
     loss_scaler: torch.amp.GradScaler,
+    lr_scheduler: Scheduler,
     *,
-    masker: SAMMasker | None,
-    num_patches: int,
-    lr_schedule: WarmupCosineSchedule,
+    masker: SAMMasker | None = None,
+    bank: MaskWeightBank | None = None,
     label_smoothing: float = 0.0,
     amp_dtype: torch.dtype | None = None,
     clip_grad: float | None = None,
@@ -37,42 +38,48 @@ def train_one_epoch(
 ) -> dict[str, float]:
     """Fine-tune ``model`` for one epoch.
 
-    With a masker (MSMAE Sec. 3.3) each batch is split by the bank's weights aligned to its
-    crops and only the visible tokens are encoded; masked and thrown tokens are simply
-    dropped. Without one, every token is encoded (plain fine-tuning).
+    With a masker (MSMAE Sec. 3.3) each batch is split by the ``bank``'s maps, aligned on
+    the device with each view's crop and flip (uniform weights without a bank), and only
+    the visible tokens are encoded; masked and thrown tokens are simply dropped. Without a
+    masker every token is encoded (plain fine-tuning).
 
     Args:
         model: a :class:`~models_msmae.VisibleTokenClassifier` (maybe DDP-wrapped);
             ``model(images, visible)`` gives logits.
-        data_loader: batches ``(images, targets, weights, indices)``.
+        data_loader: batches ``(images, targets, crops, indices)`` of a
+            :class:`maskkit.CropDataset`.
         optimizer: the optimizer, groups carrying the layer-decay ``lr_scale``.
         device: where to train.
         epoch: the epoch index (from 0).
         loss_scaler: ``torch.amp.GradScaler``, enabled for float16 autocast only.
+        lr_scheduler: a timm scheduler stepped per iteration.
         masker: SAM masker, or None to encode all tokens.
-        num_patches: L, patches per image.
-        lr_schedule: the per-iteration schedule.
+        bank: the whole-image maps to mask by.
         label_smoothing: cross-entropy label smoothing (MAE fine-tuning: 0.1).
         amp_dtype: autocast dtype on CUDA, or None for full precision.
         clip_grad: max gradient norm, or None.
-        progress: show a tqdm bar (on rank 0).
+        progress: show a tqdm bar.
 
     Returns:
-        Epoch means over all ranks: ``loss``, ``acc`` (on the training views) and the last ``lr``.
+        Epoch means over all ranks: ``loss``, ``acc`` (on the training views) and the last
+        ``lr`` (of the top layer).
     """
     model.train()
+    grid = (model.module if isinstance(model, DistributedDataParallel) else model).grid
     totals = {"loss": 0.0, "acc": 0.0}
     steps = len(data_loader)  # type: ignore[arg-type]
-    lr = 0.0
-    bar = tqdm(data_loader, desc=f"finetune {epoch}", disable=not (progress and is_main_process()))
-    for step, (images, targets, weights, _) in enumerate(bar):
-        lr = lr_schedule.apply(optimizer, epoch + step / steps)
+    bar = tqdm(data_loader, desc=f"finetune {epoch}", disable=not progress)
+    for step, (images, targets, crops, indices) in enumerate(bar):
+        lr_scheduler.step_update(epoch * steps + step)
         images = images.to(device, non_blocking=True)
         targets = targets.to(device, non_blocking=True)
         visible = None
         if masker is not None:
-            weights = weights.to(device, non_blocking=True)
-            visible = masker(images.shape[0], num_patches, weights, device=device).visible
+            weights = None
+            if bank is not None:  # whole-image maps, moved with each view's crop and flip
+                weights = align_weights(bank[indices].to(device), crops, out_grid=grid)
+            split = masker(images.shape[0], grid[0] * grid[1], weights, device=device)
+            visible = split.visible
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             logits = model(images, visible)
         loss = F.cross_entropy(logits.float(), targets, label_smoothing=label_smoothing)
@@ -89,9 +96,9 @@ def train_one_epoch(
 
         totals["loss"] += loss_value
         totals["acc"] += (logits.argmax(-1) == targets).float().mean().item()
-        bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}")
+        bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{optimizer.param_groups[-1]['lr']:.2e}")
     stats = all_reduce_mean({name: total / max(steps, 1) for name, total in totals.items()})
-    return {**stats, "lr": lr}
+    return {**stats, "lr": max(group["lr"] for group in optimizer.param_groups)}
 
 
 @torch.no_grad()

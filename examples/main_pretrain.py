@@ -1,12 +1,11 @@
 """MSMAE pre-training: an MAE with supervised attention-driven masking and throwing (SAM).
 
-Mao et al., "MSMAE" (shared/papers/msmae-paper.md), Sec. 3.2 and Tab. 4. The first
-``--mask_warmup_epochs`` (40) mask 75% of the patches at random; the bank of per-image
-cls-attention maps is then refreshed from the encoder every ``--refresh_every`` (40) epochs
-and each view masks 45% and throws 30% of its patches by those maps. ``--masker sam`` takes
-the maps from this supervised encoder (loss = MSE + 0.1 CE), ``--masker amt`` from the
-same MAE trained without the head's loss (λ = 0, AMT's self-supervised attention),
-``--masker random`` masks 75% at random throughout.
+Mao et al., "MSMAE", Sec. 3.2 and Tab. 4. The first ``--mask_warmup_epochs`` (40) mask 75%
+of the patches at random; the bank of per-image cls-attention maps is then refreshed from
+the encoder every ``--refresh_every`` (40) epochs and each view masks 45% and throws 30% of
+its patches by those maps. ``--masker sam`` takes the maps from this supervised encoder
+(loss = MSE + 0.1 CE), ``--masker amt`` from the same MAE trained without the head's loss
+(λ = 0, AMT's self-supervised attention), ``--masker random`` masks 75% at random throughout.
 
 One process (CPU or one GPU), on the built-in synthetic lesions::
 
@@ -26,50 +25,79 @@ Several GPUs (or CPU processes, with ``--device cpu``) on one machine, with torc
 
 Outputs in ``--output_dir`` (rank 0 only): ``checkpoint.pth`` (every epoch, atomic),
 ``log.jsonl`` (one line per epoch), ``masks_epochNNN.png`` (at every refresh) and
-``summary.json``. ``--resume OUTPUT_DIR/checkpoint.pth`` continues an interrupted run.
+``summary.json``. A folder holding results is refused unless ``--resume`` or
+``--overwrite``. ``--resume OUTPUT_DIR/checkpoint.pth`` continues an interrupted run exactly
+(with the checkpoint's settings; ``--allow_changed_args`` lets named options differ);
+``--stop_after_epoch N`` exits after epoch N's checkpoint, to be resumed later.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import time
-from pathlib import Path
 from typing import Any
 
+import torch
 from engine_pretrain import train_one_epoch
-from models_msmae import MSMAE, create_vit
-from torch.nn.parallel import DistributedDataParallel
-from util.amp import amp_settings
-from util.checkpoint import get_rng_state, resume_training_state, save_training_state
-from util.data import (
-    ResizedDataset,
-    add_data_args,
+from models_msmae import create_vit, vit_grid
+from msmae_util.data import (
+    NORMALIZE,
+    Transformed,
     build_datasets,
     eval_loader,
-    normalize,
     train_loader,
+    whole_image,
 )
-from util.distributed import DistributedContext, all_gather_objects, init_distributed, print0
-from util.log import JsonLinesLog, write_json
-from util.lr_sched import WarmupCosineSchedule
-from util.masking import lesion_hit_rates, save_refresh_masks
-from util.optim import add_optimizer_args, build_adamw, scaled_lr
-from util.runtime import add_runtime_args, seed_everything
+from msmae_util.outputs import (
+    JsonLinesLog,
+    load_checkpoint,
+    resume,
+    rng_state,
+    save_checkpoint,
+    save_refresh_masks,
+    write_json,
+)
+from msmae_util.runs import (
+    SCHEDULE_OPTIONS,
+    add_run_arguments,
+    check_resume_args,
+    check_split,
+    finished_summary,
+    prepare_output_dir,
+    ratio,
+    run_main,
+    scale,
+    stop_after,
+)
+from msmae_util.runtime import (
+    DistributedContext,
+    all_gather_objects,
+    amp_settings,
+    cosine_scheduler,
+    init_distributed,
+    print0,
+)
+from timm.optim import create_optimizer_v2
+from torch.nn.parallel import DistributedDataParallel
 
 from maskkit import (
     AMTMasker,
     AttentionExtractor,
+    CropDataset,
     IndexedDataset,
     MaskingSchedule,
     MaskWeightBank,
     PairedRandomResizedCrop,
     RandomMasker,
     SAMMasker,
-    SyntheticLesions,
-    WeightedCropDataset,
 )
+from maskkit.demo import SyntheticLesions, lesion_hit_counts, pixel_mask_to_patches
+from maskkit.mae import MaskedAutoencoder
 
-__all__ = ["build_model", "get_args_parser", "main"]
+__all__ = ["build_model", "check_args", "get_args_parser", "held_out_hits", "main"]
+
+SCRIPT = "main_pretrain.py"  # recorded in the checkpoints: --resume checks who wrote one
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -83,70 +111,119 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--epochs", default=300, type=int)
 
-    # Model
-    parser.add_argument(
+    model = parser.add_argument_group("model")
+    model.add_argument(
         "--model",
         default="vit_base_patch16_224",
         help="timm ViT for the encoder (vit_micro_patch8_64: a tiny CPU config)",
     )
-    parser.add_argument("--input_size", default=224, type=int, help="image side in pixels")
-    parser.add_argument("--decoder_embed_dim", default=512, type=int)
-    parser.add_argument("--decoder_depth", default=8, type=int)
-    parser.add_argument("--decoder_num_heads", default=16, type=int)
-    parser.add_argument(
+    model.add_argument("--input_size", default=224, type=int, help="image side in pixels")
+    model.add_argument("--decoder_embed_dim", default=512, type=int)
+    model.add_argument("--decoder_depth", default=8, type=int)
+    model.add_argument("--decoder_num_heads", default=16, type=int)
+    model.add_argument(
         "--norm_pix_loss", action="store_true", help="reconstruct per-patch normalised pixels"
     )
-    parser.add_argument(
+    model.add_argument(
         "--cls_loss_weight",
         default=None,
         type=float,
-        help="λ of loss = MSE + λ CE (MSMAE eq. 3); default 0.1, and 0 for --masker amt",
+        help="λ of loss = MSE + λ CE (MSMAE eq. 3); default 0.1, and 0 for --masker amt "
+        "(λ = 0 freezes the head)",
     )
 
-    # Masking
-    parser.add_argument(
+    masking = parser.add_argument_group("masking")
+    masking.add_argument(
         "--masker",
         default="sam",
         choices=["sam", "amt", "random"],
         help="sam: maps from this supervised encoder; amt: from an MAE trained with λ = 0; "
         "random: 75%% random masking throughout",
     )
-    parser.add_argument("--mask_ratio", default=0.45, type=float, help="masked share (sam, amt)")
-    parser.add_argument("--throw_ratio", default=0.30, type=float, help="thrown share (sam, amt)")
-    parser.add_argument(
-        "--random_mask_ratio", default=0.75, type=float, help="masked share of random masking"
+    masking.add_argument("--mask_ratio", default=0.45, type=ratio, help="masked share (sam, amt)")
+    masking.add_argument("--throw_ratio", default=0.30, type=ratio, help="thrown share (sam, amt)")
+    masking.add_argument(
+        "--random_mask_ratio", default=0.75, type=ratio, help="masked share of random masking"
     )
-    parser.add_argument(
+    masking.add_argument(
         "--mask_warmup_epochs",
         default=40,
         type=int,
         help="epochs of random masking before the first map refresh",
     )
-    parser.add_argument("--refresh_every", default=40, type=int, help="epochs between refreshes")
+    masking.add_argument("--refresh_every", default=40, type=int, help="epochs between refreshes")
 
-    # Optimizer
-    add_optimizer_args(parser, min_lr=0.0, warmup_epochs=40)
+    optim = parser.add_argument_group("optimizer (AdamW, betas (0.9, 0.95), as MAE)")
+    optim.add_argument("--weight_decay", default=0.05, type=float)
+    optim.add_argument("--lr", default=None, type=float, help="absolute lr (overrides --blr)")
+    optim.add_argument(
+        "--blr", default=1e-3, type=float, help="base lr: lr = blr * effective batch / 256"
+    )
+    optim.add_argument("--min_lr", default=0.0, type=float, help="floor of the cosine")
+    optim.add_argument("--warmup_epochs", default=40, type=int, help="epochs of lr warm-up")
+    optim.add_argument("--clip_grad", default=None, type=float, help="max gradient norm")
 
-    # Data
-    add_data_args(parser)
+    data = parser.add_argument_group("data")
+    data.add_argument(
+        "--data",
+        default="synthetic",
+        choices=["synthetic", "imagefolder", "csv"],
+        help="synthetic: built-in lesions (maskkit.demo.SyntheticLesions); imagefolder: "
+        "DATA_PATH/train/<class>/* and DATA_PATH/val/<class>/*; csv: --csv_train/--csv_val "
+        "tables of image ids and labels (HAM10000, Messidor-2) with images in --image_dir",
+    )
+    data.add_argument("--data_path", "--data-path", default=None, help="--data imagefolder root")
+    data.add_argument("--csv_train", default=None, help="training table of --data csv")
+    data.add_argument("--csv_val", default=None, help="validation table of --data csv")
+    data.add_argument("--image_dir", default=None, nargs="+", help="folder(s) of the csv images")
+    data.add_argument("--id_column", default="image_id", help="CSV column of image ids")
+    data.add_argument("--label_column", default="dx", help="CSV column of labels")
+    data.add_argument("--image_ext", default=".jpg", help="appended to CSV ids without one")
+    data.add_argument(
+        "--skip_corrupt",
+        action="store_true",
+        help="read every image at start and drop unreadable ones (listed in summary.json) "
+        "instead of stopping with an error that names the file",
+    )
+    data.add_argument("--num_train", default=1200, type=int, help="synthetic training images")
+    data.add_argument("--num_val", default=300, type=int, help="synthetic validation images")
+    data.add_argument("--num_classes", default=3, type=int, help="synthetic classes (2-7)")
+    data.add_argument("--lesion_size", default=0.08, type=float, help="synthetic lesion radius")
+    data.add_argument(
+        "--crop_min_scale",
+        default=0.2,
+        type=scale,
+        help="smallest crop area of RandomResizedCrop, as a share of the image (MSMAE: 0.2)",
+    )
+    data.add_argument(
+        "--cache_images",
+        action="store_true",
+        help="decode (or render) every image once, up front, and keep it in memory",
+    )
+    data.add_argument("--num_workers", default=4, type=int)
 
-    # Runtime
-    add_runtime_args(parser, output_dir="runs/pretrain")
+    runtime = parser.add_argument_group("runtime")
+    runtime.add_argument("--output_dir", default="runs/pretrain", help="where rank 0 writes")
+    runtime.add_argument("--resume", default="", help="checkpoint to continue from")
+    runtime.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    runtime.add_argument(
+        "--amp",
+        default="auto",
+        choices=["auto", "bf16", "fp16", "none"],
+        help="autocast on CUDA (auto: bf16 where supported, else fp16); CPU runs in float32",
+    )
+    runtime.add_argument("--seed", default=0, type=int)
+    runtime.add_argument("--no_progress", action="store_true", help="hide the progress bars")
+    add_run_arguments(runtime)
     return parser
 
 
-def main(args: argparse.Namespace) -> dict[str, Any]:
-    """Pre-train; returns the summary that rank 0 writes to ``summary.json``."""
-    ctx = init_distributed(args.device)
-    try:
-        return _pretrain(args, ctx)
-    finally:
-        ctx.close()
-
-
-def _pretrain(args: argparse.Namespace, ctx: DistributedContext) -> dict[str, Any]:
-    started = time.time()
-    device = ctx.device
+def check_args(args: argparse.Namespace) -> None:
+    """Reject impossible settings before anything is built (the ratios' ranges are checked
+    by the parser already)."""
+    num_patches = math.prod(vit_grid(args.model, args.input_size))
+    check_split(num_patches, ("--mask_ratio", args.mask_ratio), ("--throw_ratio", args.throw_ratio))
+    check_split(num_patches, ("--random_mask_ratio", args.random_mask_ratio))
     if args.masker == "amt" and args.cls_loss_weight:
         raise ValueError(
             "--masker amt takes its maps from a self-supervised MAE, so --cls_loss_weight "
@@ -158,78 +235,98 @@ def _pretrain(args: argparse.Namespace, ctx: DistributedContext) -> dict[str, An
             f"--mask_warmup_epochs {args.mask_warmup_epochs}, but the run has --epochs "
             f"{args.epochs}; lower --mask_warmup_epochs or use --masker random"
         )
+
+
+def main(args: argparse.Namespace) -> dict[str, Any]:
+    """Pre-train; returns the summary that rank 0 writes to ``summary.json`` (after
+    ``--stop_after_epoch``: ``stopped_after_epoch`` and the last epoch's stats)."""
+    check_args(args)
+    ctx = init_distributed(args.device)
+    try:
+        return _pretrain(args, ctx)
+    finally:
+        ctx.close()
+
+
+def _pretrain(args: argparse.Namespace, ctx: DistributedContext) -> dict[str, Any]:
+    started = time.time()
+    device = ctx.device
     if args.cls_loss_weight is None:
         args.cls_loss_weight = 0.0 if args.masker == "amt" else 0.1
-    args.lr = scaled_lr(args, ctx.world_size)
+    if args.lr is None:  # MAE's linear scaling rule
+        args.lr = args.blr * args.batch_size * ctx.world_size / 256
     amp_dtype, scaler = amp_settings(args.amp, device)
-    output_dir = Path(args.output_dir)
+    output_dir = prepare_output_dir(
+        args.output_dir, resume=bool(args.resume), overwrite=args.overwrite, is_main=ctx.is_main
+    )
+    checkpoint, changed = None, set()
+    if args.resume:
+        checkpoint = load_checkpoint(args.resume, expect=SCRIPT)
+        changed = check_resume_args(checkpoint, args, world_size=ctx.world_size, path=args.resume)
+        if (finished := finished_summary(checkpoint, args, output_dir)) is not None:
+            return finished
     print0(f"MSMAE pre-training: {ctx.world_size} process(es) on {device}, lr {args.lr:.3g}")
-
     # Seeds differ per rank so that ranks draw different masks; DDP syncs the weights.
-    seed = args.seed + ctx.rank
-    seed_everything(seed)
+    torch.manual_seed(args.seed + ctx.rank)
 
     splits = build_datasets(args)
     model = build_model(args, len(splits.classes)).to(device)
     bank = MaskWeightBank(len(splits.train), grid=model.grid)
-    train_set = WeightedCropDataset(
-        splits.train,
-        bank,
-        PairedRandomResizedCrop(args.input_size, scale=(args.crop_min_scale, 1.0)),
-        seed=args.seed,
-        post_transform=normalize,
-    )
+    crop = PairedRandomResizedCrop(args.input_size, scale=(args.crop_min_scale, 1.0))
+    train_set = CropDataset(splits.train, crop, seed=args.seed, post_transform=NORMALIZE)
     loader, sampler = train_loader(train_set, args, ctx)
-    refresh_set = IndexedDataset(ResizedDataset(splits.train, args.input_size))
+    refresh_set = IndexedDataset(Transformed(splits.train, whole_image(args.input_size)))
     refresh_loader = eval_loader(refresh_set, args, ctx)
     extractor = AttentionExtractor(model.encoder)
 
-    # AdamW (0.9, 0.95) as MAE; no weight decay on biases, norms, tokens, position embeddings.
-    optimizer = build_adamw(model, lr=args.lr, weight_decay=args.weight_decay, betas=(0.9, 0.95))
-    lr_schedule = WarmupCosineSchedule(args.lr, args.min_lr, args.warmup_epochs, args.epochs)
+    # AdamW (0.9, 0.95) as MAE; timm's groups skip weight decay on biases, norms and
+    # model.no_weight_decay() (tokens, position embeddings), and a frozen head (λ = 0).
+    optimizer = create_optimizer_v2(
+        model, opt="adamw", lr=args.lr, weight_decay=args.weight_decay, betas=(0.9, 0.95)
+    )
+    lr_scheduler = cosine_scheduler(optimizer, args, len(loader))
     schedule = MaskingSchedule(args.mask_warmup_epochs, args.refresh_every)
     random_masker = RandomMasker(args.random_mask_ratio)
-    weighted_masker = (AMTMasker if args.masker == "amt" else SAMMasker)(
+    map_masker = (AMTMasker if args.masker == "amt" else SAMMasker)(
         args.mask_ratio, args.throw_ratio
     )
-    trained = DistributedDataParallel(model) if ctx.distributed else model
+    trained = DistributedDataParallel(model) if ctx.world_size > 1 else model
+    state = {
+        "model": model,
+        "optimizer": optimizer,
+        "scaler": scaler,
+        "lr_scheduler": lr_scheduler,
+        "bank": bank,
+    }
 
-    start_epoch = 0
-    if args.resume:
-        checkpoint = resume_training_state(
-            args.resume,
-            model=model,
-            optimizer=optimizer,
-            scaler=scaler,
-            lr_schedule=lr_schedule,
-            bank=bank,
-            rank=ctx.rank,
-        )
-        start_epoch = checkpoint["epoch"] + 1
+    start_epoch, stats = 0, {}
+    if checkpoint is not None:
+        # An allowed change of the lr schedule's options rebuilds it instead of loading it.
+        skip = {"lr_scheduler"} if changed & SCHEDULE_OPTIONS else set()
+        loaded = {name: part for name, part in state.items() if name not in skip}
+        resume(args.resume, loaded, ctx.rank, checkpoint=checkpoint)
+        start_epoch, stats = checkpoint["epoch"] + 1, checkpoint.get("stats", {})
         print0(f"resumed from {args.resume} at epoch {start_epoch}")
     log = JsonLinesLog(output_dir / "log.jsonl", start_epoch=start_epoch) if ctx.is_main else None
 
-    stats: dict[str, float] = {}
     for epoch in range(start_epoch, args.epochs):
-        use_weights = args.masker != "random" and not schedule.use_random(epoch)
+        by_maps = args.masker != "random" and not schedule.use_random(epoch)
         refreshed: dict[str, float] = {}
         if args.masker != "random" and schedule.should_refresh(epoch):
             bank.refresh(extractor, refresh_loader, progress=not args.no_progress)
             if ctx.is_main and splits.lesions_val is not None:
-                refreshed = held_out_hits(
-                    extractor, splits.lesions_val, weighted_masker, model, args
-                )
+                refreshed = held_out_hits(extractor, splits.lesions_val, map_masker, model, args)
             if ctx.is_main:
                 save_refresh_masks(
                     output_dir / f"masks_epoch{epoch:03d}.png",
                     refresh_loader,
                     bank,
-                    weighted_masker,
+                    map_masker,
                     patch_size=model.patch_size,
                     lesions=splits.lesions_train,
                 )
         sampler.set_epoch(epoch)
-        train_set.set_epoch(epoch)
+        train_set.set_epoch(epoch)  # before the epoch's iterator: its workers copy the set
         stats = train_one_epoch(
             trained,
             loader,
@@ -237,37 +334,30 @@ def _pretrain(args: argparse.Namespace, ctx: DistributedContext) -> dict[str, An
             device,
             epoch,
             scaler,
-            masker=weighted_masker if use_weights else random_masker,
-            use_weights=use_weights,
-            num_patches=model.num_patches,
-            lr_schedule=lr_schedule,
+            lr_scheduler,
+            masker=map_masker if by_maps else random_masker,
+            bank=bank if by_maps else None,
             amp_dtype=amp_dtype,
             clip_grad=args.clip_grad,
-            progress=not args.no_progress,
+            progress=ctx.is_main and not args.no_progress,
         )
-        record = {"epoch": epoch, "masking": "weighted" if use_weights else "random", **stats}
+        record = {"epoch": epoch, "masking": "weighted" if by_maps else "random", **stats}
         if refreshed:
             record["lesion_hit_rate"] = refreshed
-        rng_states = all_gather_objects(get_rng_state())
+        rng = all_gather_objects(rng_state())
         if ctx.is_main:
             # Log first: a run stopped between the two writes resumes from the previous
             # checkpoint, and the resumed log drops this epoch's line before writing it again.
             log.write(record)  # type: ignore[union-attr]
-            save_training_state(
-                output_dir / "checkpoint.pth",
-                model=model,
-                optimizer=optimizer,
-                scaler=scaler,
-                lr_schedule=lr_schedule,
-                bank=bank,
-                epoch=epoch,
-                rng=rng_states,
-                args=vars(args),
-            )
+            saved = {name: part.state_dict() for name, part in state.items()}
+            saved.update(epoch=epoch, rng=rng, args=vars(args), script=SCRIPT, stats=stats)
+            save_checkpoint(output_dir / "checkpoint.pth", saved)
         print0(
             f"epoch {epoch}: loss {stats['loss']:.4f} (recon {stats['recon_loss']:.4f}, "
             f"cls {stats['cls_loss']:.4f}), {record['masking']} masking"
         )
+        if stop_after(epoch, args, output_dir):
+            return {"task": "pretrain", "stopped_after_epoch": epoch, "final": stats}
 
     summary: dict[str, Any] = {
         "task": "pretrain",
@@ -280,7 +370,7 @@ def _pretrain(args: argparse.Namespace, ctx: DistributedContext) -> dict[str, An
     }
     if ctx.is_main and splits.lesions_val is not None:
         summary["lesion_hit_rate"] = held_out_hits(
-            extractor, splits.lesions_val, weighted_masker, model, args
+            extractor, splits.lesions_val, map_masker, model, args
         )
     summary["seconds"] = time.time() - started
     if ctx.is_main:
@@ -288,31 +378,53 @@ def _pretrain(args: argparse.Namespace, ctx: DistributedContext) -> dict[str, An
     return summary
 
 
+@torch.no_grad()
 def held_out_hits(
     extractor: AttentionExtractor,
-    val: SyntheticLesions,
+    dataset: SyntheticLesions,
     masker: SAMMasker,
-    model: MSMAE,
+    model: MaskedAutoencoder,
     args: argparse.Namespace,
+    *,
+    draws: int = 4,
 ) -> dict[str, float]:
-    """How much of the lesion the encoder's maps mask on held-out images, against uniform
-    weights at the same ratios (MSMAE's claim, Figs. 2 and 5); synthetic data only."""
-    return lesion_hit_rates(
-        extractor,
-        val,
-        masker,
-        patch_size=model.patch_size,
-        batch_size=args.batch_size,
-        seed=args.seed,
-    )
+    """How much of the lesions the encoder's maps mask on held-out images, against uniform
+    weights at the same ratios (MSMAE's claim, Figs. 2 and 5); synthetic data only.
+
+    Each whole held-out image is mapped by ``extractor``; ``masker`` draws ``draws`` splits
+    from the maps and as many from uniform weights, with a private generator, and the
+    masked lesion patches are pooled over the set and the draws.
+
+    Returns:
+        ``{"attention": rate, "uniform": rate}``, rates in [0, 1].
+    """
+    generator = torch.Generator().manual_seed(args.seed)
+    counts = {"attention": [0, 0], "uniform": [0, 0]}
+    device = next(model.parameters()).device
+    for start in range(0, len(dataset), args.batch_size):
+        samples = [
+            dataset.render(i) for i in range(start, min(start + args.batch_size, len(dataset)))
+        ]
+        images = torch.stack([NORMALIZE(sample.image) for sample in samples])
+        lesion = pixel_mask_to_patches(
+            torch.stack([sample.lesion_mask for sample in samples]), model.patch_size
+        )
+        weights = extractor(images.to(device)).cpu()
+        for _ in range(draws):
+            for name, source in (("attention", weights), ("uniform", None)):
+                split = masker(len(samples), lesion.shape[1], source, generator=generator)
+                hits, total = lesion_hit_counts(split, lesion)
+                counts[name][0] += hits
+                counts[name][1] += total
+    return {name: hits / max(total, 1) for name, (hits, total) in counts.items()}
 
 
-def build_model(args: argparse.Namespace, num_classes: int) -> MSMAE:
-    """The MSMAE model that ``args`` describe (also rebuilds one from a checkpoint's args)."""
+def build_model(args: argparse.Namespace, num_classes: int) -> MaskedAutoencoder:
+    """The pre-training model that ``args`` describe (also from a checkpoint's ``args``)."""
     encoder = create_vit(
         args.model, img_size=args.input_size, num_classes=num_classes, global_pool="token"
     )
-    return MSMAE(
+    return MaskedAutoencoder(
         encoder=encoder,
         decoder_dim=args.decoder_embed_dim,
         decoder_depth=args.decoder_depth,
@@ -326,4 +438,4 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(
         "MSMAE pre-training", parents=[get_args_parser()], description=__doc__
     )
-    main(parser.parse_args())
+    run_main(main, parser.parse_args())

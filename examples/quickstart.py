@@ -30,7 +30,8 @@ classifier and trails full-token fine-tuning.
 
 Writes ``OUT/summary.json`` (``lesion_hit_rate``, accuracies, timings), ``OUT/masks.png``
 (held-out lesion images: random | AMT | SAM overlays, each with its weights) and each
-run's own folder (checkpoint, ``log.jsonl``, mask PNGs, ``summary.json``).
+run's own folder (checkpoint, ``log.jsonl``, mask PNGs, ``summary.json``). Running it again
+replaces those runs (the recipes' ``--overwrite``).
 """
 
 from __future__ import annotations
@@ -43,13 +44,17 @@ from typing import Any
 import main_finetune
 import main_pretrain
 import torch
-from models_msmae import MSMAE
-from util.checkpoint import load_checkpoint
-from util.data import build_datasets
-from util.log import write_json
-from util.masking import save_heldout_masks
+from msmae_util.data import MEAN, NORMALIZE, STD, build_datasets
+from msmae_util.outputs import load_checkpoint, write_json
+from msmae_util.runs import run_main
+from PIL import Image, ImageDraw
 
 from maskkit import AttentionExtractor, SAMMasker
+from maskkit.bank import MapExtractor
+from maskkit.demo import SyntheticLesions
+from maskkit.files import atomic_write
+from maskkit.mae import MaskedAutoencoder
+from maskkit.viz import save_mask_grid
 
 __all__ = ["get_args_parser", "main"]
 
@@ -59,7 +64,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser("MSMAE quickstart", add_help=False)
     parser.add_argument("--out", default="runs/quickstart", help="output folder")
 
-    # Data (maskkit.SyntheticLesions)
+    # Data (maskkit.demo.SyntheticLesions)
     parser.add_argument("--num_train", default=384, type=int)
     parser.add_argument("--num_val", default=192, type=int)
     parser.add_argument("--num_classes", default=2, type=int, help="normal + lesion kinds")
@@ -113,6 +118,7 @@ def _common(args: argparse.Namespace) -> list[str]:
         "--num_workers", "0",
         "--device", "cpu",
         "--seed", str(args.seed),
+        "--overwrite",  # a demo: its runs start afresh each time
     ]  # fmt: skip
     return argv if args.progress else [*argv, "--no_progress"]
 
@@ -151,8 +157,8 @@ def finetune(args: argparse.Namespace, masker: str, checkpoint: Path) -> dict[st
     return main_finetune.main(main_finetune.get_args_parser().parse_args(argv))
 
 
-def load_pretrained(run_dir: Path, num_classes: int) -> MSMAE:
-    """The MSMAE model of a finished pre-training run, rebuilt from its saved args."""
+def load_pretrained(run_dir: Path, num_classes: int) -> MaskedAutoencoder:
+    """The model of a finished pre-training run, rebuilt from its saved args."""
     checkpoint = load_checkpoint(run_dir / "checkpoint.pth")
     model = main_pretrain.build_model(argparse.Namespace(**checkpoint["args"]), num_classes)
     model.load_state_dict(checkpoint["model"])
@@ -232,6 +238,70 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     return summary
 
 
+def save_heldout_masks(
+    path: Path,
+    dataset: SyntheticLesions,
+    maps_by_name: dict[str, MapExtractor | None],
+    masker: SAMMasker,
+    *,
+    patch_size: int,
+    num_images: int = 6,
+    seed: int = 0,
+) -> None:
+    """Side-by-side mask grids of held-out lesion images, one per source of weights.
+
+    For each name a split is drawn from that extractor's maps (None: uniform weights) and
+    drawn with :func:`maskkit.viz.save_mask_grid` to ``<stem>_<name>.png``; the grids are
+    then joined left to right into ``path``, each under its name.
+
+    Args:
+        path: the joined PNG.
+        dataset: synthetic held-out images at the model's input size.
+        maps_by_name: e.g. ``{"random": None, "amt": extractor, "sam": extractor}``.
+        masker: the weighted masker.
+        patch_size: p.
+        num_images: rows, the first images of ``dataset`` that have a lesion.
+        seed: seed of the masks' private generator.
+    """
+    chosen = [i for i in range(len(dataset)) if dataset.render(i).target > 0][:num_images]
+    samples = [dataset.render(i) for i in chosen]
+    images = torch.stack([NORMALIZE(sample.image) for sample in samples])
+    lesion_masks = torch.stack([sample.lesion_mask for sample in samples])
+    num_patches = (images.shape[-2] // patch_size) * (images.shape[-1] // patch_size)
+    grids = []
+    for name, maps in maps_by_name.items():
+        generator = torch.Generator().manual_seed(seed)
+        weights = None
+        if maps is not None:
+            weights = maps(images.to(next(maps.model.parameters()).device)).cpu()
+        split = masker(len(chosen), num_patches, weights, generator=generator)
+        grid_path = path.with_name(f"{path.stem}_{name}{path.suffix}")
+        save_mask_grid(
+            grid_path,
+            images,
+            split,
+            patch_size=patch_size,
+            weights=weights,
+            lesion_masks=lesion_masks,
+            mean=MEAN,
+            std=STD,
+            scale=max(1, 128 // images.shape[-1]),
+        )
+        with Image.open(grid_path) as grid:
+            grids.append(grid.convert("RGB"))
+    header = 16
+    width, height = sum(g.width for g in grids), header + max(g.height for g in grids)
+    joined = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(joined)
+    left = 0
+    for name, grid in zip(maps_by_name, grids, strict=True):
+        draw.text((left + 4, 2), name, fill="black")
+        joined.paste(grid, (left, header))
+        left += grid.width
+    with atomic_write(path) as file:
+        joined.save(file, format="PNG")
+
+
 def format_table(summary: dict[str, Any]) -> str:
     """The printed result table."""
     hits, acc = summary["lesion_hit_rate"], summary["finetune_acc1"]
@@ -253,4 +323,4 @@ def format_table(summary: dict[str, Any]) -> str:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser("MSMAE quickstart", parents=[get_args_parser()])
-    main(parser.parse_args())
+    run_main(main, parser.parse_args())

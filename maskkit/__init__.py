@@ -1,56 +1,51 @@
-"""maskkit: masking strategies for masked image modeling (MAE, AMT, MSMAE's SAM)."""
+"""maskkit: masking strategies for masked image modeling (MAE, AMT, MSMAE's SAM).
 
-from .align import align_weights
-from .attention import AttentionExtractor, CapturedAttention
-from .bank import MapExtractor, MaskWeightBank
-from .datasets import CsvImageDataset, ImageFolderDataset, SyntheticLesions
-from .functional import priority_keys, sample_split, split_counts
+The top level is the masking core. Submodules hold the rest: :mod:`maskkit.functional`
+(the sampling primitives), :mod:`maskkit.mae` (MAE building blocks that handle thrown
+patches), :mod:`maskkit.integrations` (facebookresearch/mae, Hugging Face, lightly),
+:mod:`maskkit.demo` (synthetic lesions, hit rate) and :mod:`maskkit.viz` (figures).
+"""
+
+from .align import CropParams, align_weights
+from .attention import AttentionExtractor
+from .attmask import AttMaskMasker
+from .bank import MaskWeightBank
+from .blockwise import BlockMasker, UnitMasker
+from .functional import SplitCounts, sample_split, split_counts
+from .hardpatch import HardPatchMasker, HardPatchSchedule
 from .maskers import AMTMasker, RandomMasker, SAMMasker
-from .metrics import lesion_hit_counts, lesion_hit_rate, pixel_mask_to_patches
-from .patches import patch_grid, patchify, unpatchify
+from .noise import NoisePatternMasker, color_noise, noise_pattern_weights
 from .schedule import MaskingSchedule
 from .split import MaskSplit, gather_tokens
-from .transforms import (
-    CropParams,
-    IndexedDataset,
-    PairedRandomResizedCrop,
-    WeightedCropDataset,
-)
-from .vit import forward_features_visible, keep_patch_tokens
-from .viz import heatmap, save_mask_grid
+from .transforms import CropDataset, IndexedDataset, PairedRandomResizedCrop
+from .vit import forward_features_visible
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "AMTMasker",
+    "AttMaskMasker",
     "AttentionExtractor",
-    "CapturedAttention",
+    "BlockMasker",
+    "CropDataset",
     "CropParams",
-    "CsvImageDataset",
-    "ImageFolderDataset",
+    "HardPatchMasker",
+    "HardPatchSchedule",
     "IndexedDataset",
-    "MapExtractor",
     "MaskSplit",
     "MaskWeightBank",
     "MaskingSchedule",
+    "NoisePatternMasker",
     "PairedRandomResizedCrop",
     "RandomMasker",
     "SAMMasker",
-    "SyntheticLesions",
-    "WeightedCropDataset",
+    "SplitCounts",
+    "UnitMasker",
     "align_weights",
+    "color_noise",
     "forward_features_visible",
     "gather_tokens",
-    "heatmap",
-    "keep_patch_tokens",
-    "lesion_hit_counts",
-    "lesion_hit_rate",
-    "patch_grid",
-    "patchify",
-    "pixel_mask_to_patches",
-    "priority_keys",
+    "noise_pattern_weights",
     "sample_split",
-    "save_mask_grid",
     "split_counts",
-    "unpatchify",
 ]

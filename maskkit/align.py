@@ -12,18 +12,48 @@ crop puts them.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
-__all__ = ["align_weights"]
+from ._checks import check_pair
+from .functional import validate_weights
+
+__all__ = ["CropParams", "align_weights"]
+
+
+class CropParams(NamedTuple):
+    """A sampled crop: its box in pixels of the source image, the flip, the source's size.
+
+    One crop holds ints and a bool; ``torch.utils.data.default_collate`` turns a batch of
+    them into one ``CropParams`` of (B,) tensors, which :func:`align_weights` takes as is.
+    """
+
+    top: int | Tensor
+    left: int | Tensor
+    height: int | Tensor
+    width: int | Tensor
+    hflip: bool | Tensor
+    image_height: int | Tensor
+    image_width: int | Tensor
+
+    @property
+    def box(self) -> tuple[int | Tensor, int | Tensor, int | Tensor, int | Tensor]:
+        """``(top, left, height, width)``, the order of ``RandomResizedCrop.get_params``."""
+        return self.top, self.left, self.height, self.width
+
+    @property
+    def image_size(self) -> tuple[int | Tensor, int | Tensor]:
+        """``(H, W)`` of the image the box was cut from."""
+        return self.image_height, self.image_width
 
 
 def align_weights(
     weights: Tensor,
-    crop_box: Tensor | Sequence[float],
-    image_size: Tensor | Sequence[int],
-    out_grid: tuple[int, int],
+    crop_box: Tensor | Sequence[float] | CropParams,
+    image_size: Tensor | Sequence[int] | None = None,
+    out_grid: tuple[int, int] | None = None,
     hflip: bool | Tensor = False,
 ) -> Tensor:
     """Weight map over a crop (and flip) of an image, from the map over the whole image.
@@ -35,23 +65,31 @@ def align_weights(
     exact for any box, grid and aspect ratio. A flip reverses the output columns, as
     torchvision's ``hflip`` does to the cropped image.
 
+    Batched, it runs on the weights' device: a training step aligns its batch's bank maps
+    there, e.g. ``align_weights(bank[indices].to(device), crops, out_grid=grid)`` with the
+    collated :class:`CropParams` of :class:`maskkit.CropDataset`.
+
     Args:
-        weights: (h0, w0) map over the whole image, or (B, h0, w0) for a batch.
+        weights: (h0, w0) map over the whole image, or (B, h0, w0) for a batch; finite and
+            non-negative.
         crop_box: ``(top, left, height, width)`` in pixels, the order of torchvision's
             ``RandomResizedCrop.get_params``; (B, 4) for a batch. Fractional boxes are fine.
+            Or a :class:`CropParams` (one crop, or a collated batch), which also gives
+            ``image_size`` and ``hflip``: leave those two unset then.
         image_size: ``(H, W)`` of the image the box was cut from; for a batch, one ``(H, W)``
             for all or a (B, 2) tensor.
         out_grid: ``(gh, gw)`` cells of the output, e.g. the model's patch grid.
-        hflip: Whether the crop was flipped horizontally; for a batch, a bool for all or a
-            (B,) bool tensor.
+        hflip: whether the crop was flipped horizontally: a bool, or for a batch a (B,) bool
+            tensor.
 
     Returns:
         (gh, gw) or (B, gh, gw) weights, float32 (float64 for float64 input), on the
         device of ``weights``.
 
     Raises:
-        ValueError: a shape does not match, a size is not positive, or a box leaves the
-            image. Checking tensor boxes reads them on the host (one sync on CUDA).
+        ValueError: a shape does not match, a size is not positive, a box leaves the image,
+            or the weights hold NaN, Inf or negative values. On CUDA the value checks are
+            asynchronous device asserts (no host sync).
     """
     if not isinstance(weights, Tensor):
         raise TypeError(f"weights must be a torch.Tensor, got {type(weights).__name__}")
@@ -59,25 +97,36 @@ def align_weights(
         raise ValueError(
             f"weights must be (h0, w0) or (B, h0, w0), got shape {tuple(weights.shape)}"
         )
+    if out_grid is None:
+        raise TypeError("align_weights needs out_grid, the (gh, gw) cells of the output")
+    if isinstance(crop_box, CropParams):
+        if image_size is not None or hflip is not False:
+            raise TypeError(
+                "crop_box is a CropParams, which carries image_size and hflip: do not pass them"
+            )
+        crop_box, image_size, hflip = _from_crop_params(crop_box, weights.device)
+    if image_size is None:
+        raise TypeError("align_weights needs image_size, the (H, W) the box was cut from")
     batched = weights.dim() == 3
-    if not batched and isinstance(hflip, Tensor) and hflip.dim() > 0:
-        raise ValueError("hflip must be a bool for a single (h0, w0) map")
-    grid = _positive_pair("out_grid", out_grid)
+    grid = check_pair("out_grid", out_grid)
     dtype = torch.float64 if weights.dtype == torch.float64 else torch.float32
     device = weights.device
     maps = weights.to(dtype) if batched else weights.to(dtype).unsqueeze(0)
     batch, h0, w0 = maps.shape
     if h0 < 1 or w0 < 1:
         raise ValueError(f"weights must have at least one cell, got shape {tuple(weights.shape)}")
+    validate_weights(maps)
 
     boxes = _as_rows("crop_box", crop_box, batch, 4, batched, dtype, device)
     sizes = _as_rows("image_size", image_size, batch, 2, batched, dtype, device)
     _check_boxes(boxes, sizes)
     flips = torch.as_tensor(hflip, device=device)
-    if flips.dtype != torch.bool or flips.shape not in ((), (batch,)):
+    expected_flips = ((), (batch,)) if batched else ((),)
+    if flips.dtype != torch.bool or flips.shape not in expected_flips:
+        expected = f"a bool or a ({batch},) bool tensor" if batched else "a bool"
         raise ValueError(
-            f"hflip must be a bool or a ({batch},) bool tensor, got {flips.dtype} of shape "
-            f"{tuple(flips.shape)}"
+            f"hflip must be {expected} for weights of shape {tuple(weights.shape)}, got "
+            f"{flips.dtype} of shape {tuple(flips.shape)}"
         )
 
     top, left, height, width = boxes.unbind(-1)
@@ -86,6 +135,19 @@ def align_weights(
     aligned = torch.einsum("bih,bhw,bjw->bij", rows, maps, cols)
     aligned = torch.where(flips.reshape(-1, 1, 1), aligned.flip(-1), aligned)
     return aligned if batched else aligned.squeeze(0)
+
+
+def _from_crop_params(
+    crops: CropParams, device: torch.device
+) -> tuple[Tensor, Tensor, Tensor | bool]:
+    """``(boxes, image_sizes, flips)`` from one crop or a collated batch of crops."""
+    fields = [torch.as_tensor(value, device=device) for value in crops]
+    top, left, height, width, hflip, image_height, image_width = fields
+    if hflip.dtype != torch.bool:
+        hflip = hflip.bool()
+    boxes = torch.stack([top, left, height, width], dim=-1)
+    sizes = torch.stack([image_height, image_width], dim=-1)
+    return boxes, sizes, hflip if hflip.dim() else bool(hflip)
 
 
 def _overlap(
@@ -104,16 +166,6 @@ def _overlap(
     hi = torch.minimum(out_edges[:, 1:, None], in_edges[:, None, 1:])
     covered = (hi - lo).clamp_min(0)
     return covered / covered.sum(-1, keepdim=True)
-
-
-def _positive_pair(name: str, value: Sequence[int]) -> tuple[int, int]:
-    """``value`` as ``(rows, columns)`` of positive ints, or ``ValueError``."""
-    pair = tuple(value) if isinstance(value, Sequence) else (value,)
-    if len(pair) != 2 or not all(
-        isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in pair
-    ):
-        raise ValueError(f"{name} must be two positive ints (rows, columns), got {value!r}")
-    return pair[0], pair[1]
 
 
 def _as_rows(
@@ -138,11 +190,17 @@ def _as_rows(
 
 
 def _check_boxes(boxes: Tensor, sizes: Tensor) -> None:
+    """Every box positive and inside its image: ``ValueError`` on CPU, a device assert on CUDA."""
     top, left, height, width = boxes.unbind(-1)
     bad_size = ~((sizes > 0).all(-1) & torch.isfinite(sizes).all(-1))
     bad_box = ~((height > 0) & (width > 0) & torch.isfinite(boxes).all(-1))
     outside = (top < 0) | (left < 0) | (top + height > sizes[:, 0]) | (left + width > sizes[:, 1])
     bad = bad_size | bad_box | outside
+    if boxes.is_cuda or torch.compiler.is_compiling():
+        torch._assert_async(
+            ~bad.any(), "maskkit: align_weights got a crop box outside its image or a bad size"
+        )
+        return
     if bool(bad.any()):
         i = int(bad.nonzero()[0, 0])
         box = [round(v, 4) for v in boxes[i].tolist()]

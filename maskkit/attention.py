@@ -10,12 +10,18 @@ it is off. :class:`AttentionExtractor` reads one block only:
 - any other timm attention (EVA's rotary embedding, BEiT's relative position bias):
   ``fused_attn`` is switched off on that one block and the softmax is read at the
   input of its ``attn_drop`` module.
+
+Two MAE wrappers are read through the ViT inside them, with every patch token in patch
+order: facebookresearch/mae's ``MaskedAutoencoderViT``, which masks (shuffles) inside
+``forward_encoder``, runs here unmasked (:func:`maskkit.vit.embed_mae_tokens`, then its
+blocks), and lightly's ``MaskedVisionTransformerTIMM`` runs its own ``encode`` without
+``idx_keep``.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Literal
 
 import torch
@@ -26,7 +32,10 @@ from einops import rearrange
 from timm.models.vision_transformer import Attention
 from torch import Tensor, nn
 
-__all__ = ["AttentionExtractor", "CapturedAttention"]
+from ._checks import check_choice, check_int
+from .vit import check_timm_vit, embed_mae_tokens, is_mae_vit
+
+__all__ = ["AttentionExtractor", "CapturedAttention", "eval_mode"]
 
 HeadReduction = Literal["mean", "max", "none"]
 Normalize = Literal["minmax", "none"]
@@ -35,6 +44,22 @@ NoClsToken = Literal["error", "mean_query"]
 _HEAD_REDUCTIONS = ("mean", "max", "none")
 _NORMALIZE = ("minmax", "none")
 _NO_CLS_TOKEN = ("error", "mean_query")
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Put every module of ``model`` in eval mode; restore each one's own flag on exit.
+
+    ``model.train(previous)`` would not do: it sets one flag for every submodule, while a
+    model may hold frozen parts in eval mode inside a training one.
+    """
+    modes = [(module, module.training) for module in model.modules()]
+    try:
+        model.eval()
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training
 
 
 class _StopForwardError(Exception):
@@ -70,11 +95,14 @@ class CapturedAttention:
 class AttentionExtractor:
     """Cls-token attention maps, one per image, from a timm ViT-style model.
 
-    The default map follows AMT (guijiejie/AMT) and MSMAE: the last block's softmax
+    The default map follows AMT's code (guijiejie/AMT): the last block's softmax
     attention row of the cls query, patch columns only (cls, distillation and register
     tokens dropped, per ``model.num_prefix_tokens``), min-max normalised per head over
-    the patches, then averaged over heads. The grid follows the input, so non-square
-    images and ``dynamic_img_size`` models give their own (gh, gw).
+    the patches, then averaged over heads. MSMAE's eq. 5 averages the heads *before*
+    normalising: ``normalize="none"`` gives that mean, and a min-max of it is the
+    paper's order (the two differ when heads have different ranges). The grid follows
+    the input, so non-square images and ``dynamic_img_size`` models give their own
+    (gh, gw).
 
     Two ways to use it::
 
@@ -88,9 +116,18 @@ class AttentionExtractor:
     their own unfused computation. The model is left as found: train/eval mode of
     every module, every ``fused_attn`` flag, no hooks.
 
+    MAE models are read unmasked, in patch order: facebookresearch/mae's
+    ``MaskedAutoencoderViT`` (cls token, (1, 1 + L, D) ``pos_embed``, no
+    ``num_prefix_tokens``; its ``forward_encoder`` would shuffle the patches) and lightly's
+    ``MaskedVisionTransformerTIMM`` (the timm ViT in its ``vit``, run by its ``encode``
+    without ``idx_keep``). Call the extractor on them; :meth:`capture` refuses
+    ``MaskedAutoencoderViT``, whose own forward shuffles.
+
     Args:
-        model: A timm ``VisionTransformer``-style model: ``patch_embed``, ``blocks[i].attn``
-            and ``num_prefix_tokens``.
+        model: A timm ``VisionTransformer``-style model (``patch_embed``,
+            ``blocks[i].attn`` and ``num_prefix_tokens``), facebookresearch/mae's
+            ``MaskedAutoencoderViT`` (or :class:`maskkit.integrations.mae.MAEAdapter`), or
+            lightly's ``MaskedVisionTransformerTIMM``.
         block: Index into ``model.blocks`` of the block to read; negative counts from the end.
         head_reduction: ``"mean"`` or ``"max"`` over heads, or ``"none"`` to keep them,
             giving (B, heads, gh, gw).
@@ -101,8 +138,10 @@ class AttentionExtractor:
             all patch queries instead of the cls row (O(L * N) memory for that block).
 
     Raises:
-        TypeError: ``model`` lacks ``patch_embed``, ``num_prefix_tokens`` or
-            ``blocks[block].attn`` with either timm's ``Attention`` or an ``attn_drop``.
+        TypeError: ``model`` is none of the above: it lacks ``patch_embed``,
+            ``num_prefix_tokens`` or ``blocks[block].attn`` with either timm's ``Attention``
+            or an ``attn_drop`` (e.g. Hugging Face models, timm's NaFlexVit, SAM-ViT or
+            Hiera).
         ValueError: an option is unknown, ``block`` is out of range, or the model has no cls
             token while ``no_cls_token="error"``.
     """
@@ -116,13 +155,15 @@ class AttentionExtractor:
         normalize: Normalize = "minmax",
         no_cls_token: NoClsToken = "error",
     ) -> None:
-        _check_choice("head_reduction", head_reduction, _HEAD_REDUCTIONS)
-        _check_choice("normalize", normalize, _NORMALIZE)
-        _check_choice("no_cls_token", no_cls_token, _NO_CLS_TOKEN)
+        check_choice("head_reduction", head_reduction, _HEAD_REDUCTIONS)
+        check_choice("normalize", normalize, _NORMALIZE)
+        check_choice("no_cls_token", no_cls_token, _NO_CLS_TOKEN)
         self.model = model
-        self.attn = _find_attention(model, block)
-        self.num_prefix_tokens: int = model.num_prefix_tokens
-        self.has_cls_token = getattr(model, "cls_token", None) is not None
+        self._vit, self._forward, self._kind = _readable(model)
+        self.attn = _find_attention(self._vit, block)
+        # MAE's layout has exactly one prefix token, its cls token, and no attribute for it.
+        self.num_prefix_tokens: int = 1 if self._kind == "mae" else self._vit.num_prefix_tokens
+        self.has_cls_token = getattr(self._vit, "cls_token", None) is not None
         if not self.has_cls_token and no_cls_token == "error":
             raise ValueError(
                 f"{type(model).__name__} has no cls token (cls_token is None), so there is no "
@@ -164,17 +205,14 @@ class AttentionExtractor:
         """
         if images.ndim != 4:
             raise ValueError(f"images must be (B, C, H, W), got shape {tuple(images.shape)}")
-        modes = [(module, module.training) for module in self.model.modules()]
         captured = CapturedAttention()
-        try:
-            self.model.eval()
-            with torch.no_grad(), self._hooks(captured, stop_forward=True):
-                forward = getattr(self.model, "forward_features", self.model)
-                with contextlib.suppress(_StopForwardError):
-                    forward(images)
-        finally:
-            for module, training in modes:
-                module.training = training
+        with (
+            eval_mode(self.model),
+            torch.no_grad(),
+            self._hooks(captured, stop_forward=True),
+            contextlib.suppress(_StopForwardError),
+        ):
+            self._forward(images)
         return captured.maps
 
     @contextlib.contextmanager
@@ -187,7 +225,18 @@ class AttentionExtractor:
 
         Yields:
             A :class:`CapturedAttention` whose ``maps`` hold the last captured forward.
+
+        Raises:
+            TypeError: the model is facebookresearch/mae's ``MaskedAutoencoderViT`` (or an
+                adapter of it), whose forward shuffles the patches: maps captured there
+                would come out in shuffled order. Call the extractor instead.
         """
+        if self._kind == "mae":
+            raise TypeError(
+                f"capture() cannot read {type(self.model).__name__}: an MAE forward masks and "
+                "shuffles the patches, so the captured maps would be in shuffled order; call "
+                "extractor(images), which runs every patch unshuffled"
+            )
         captured = CapturedAttention()
         with self._hooks(captured, stop_forward=False):
             yield captured
@@ -222,7 +271,7 @@ class AttentionExtractor:
             attn = args[0].detach()  # (B, heads, N, N), before dropout
             store(attn[:, :, self._query_rows(attn.shape[-1])].float().mean(dim=2))
 
-        handles = [self.model.patch_embed.register_forward_pre_hook(record_image_size)]
+        handles = [self._vit.patch_embed.register_forward_pre_hook(record_image_size)]
         fused = getattr(self.attn, "fused_attn", None)
         try:
             if self.fast_path:
@@ -276,7 +325,7 @@ class AttentionExtractor:
 
     def _reduce(self, probs: Tensor, image_size: tuple[int, int]) -> Tensor:
         """(B, heads, N) softmax rows → normalised, head-reduced maps on the patch grid."""
-        grid_h, grid_w = _grid_size(self.model.patch_embed, image_size)
+        grid_h, grid_w = _grid_size(self._vit.patch_embed, image_size)
         patches = probs[..., self.num_prefix_tokens :]
         if patches.shape[-1] != grid_h * grid_w:
             raise RuntimeError(
@@ -295,34 +344,53 @@ class AttentionExtractor:
         return rearrange(patches, "... (gh gw) -> ... gh gw", gh=grid_h, gw=grid_w)
 
 
-def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+_ModelKind = Literal["timm", "mae", "lightly"]
+
+
+def _readable(model: nn.Module) -> tuple[nn.Module, Callable[[Tensor], Any], _ModelKind]:
+    """The ViT to hook, the forward that runs all its patches in patch order, and the kind."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    inner = getattr(model, "vit", None)
+    encode = getattr(model, "encode", None)
+    if isinstance(inner, nn.Module) and callable(encode) and not hasattr(model, "blocks"):
+        # lightly's MaskedVisionTransformerTIMM: its encode(images) without idx_keep runs
+        # every token, prefix tokens first, in patch order (lightly/models/modules).
+        try:
+            check_timm_vit(inner)
+        except TypeError as error:
+            raise TypeError(
+                f"{type(model).__name__} wraps a {type(inner).__name__} in .vit, which maskkit "
+                f"cannot read: {error}"
+            ) from error
+        return inner, encode, "lightly"
+    if is_mae_vit(model):
+
+        def forward_unshuffled(images: Tensor) -> Tensor:
+            x = embed_mae_tokens(model, images)
+            for block in model.blocks:
+                x = block(x)
+            return x
+
+        return model, forward_unshuffled, "mae"
+    return model, getattr(model, "forward_features", model), "timm"
 
 
 def _find_attention(model: nn.Module, block: int) -> nn.Module:
     """Return ``model.blocks[block].attn`` after checking the model is a timm ViT."""
-    required = "a timm ViT-style model with patch_embed, num_prefix_tokens and blocks[i].attn"
-    blocks = getattr(model, "blocks", None)
-    missing = [
-        name
-        for name, present in (
-            ("patch_embed", isinstance(getattr(model, "patch_embed", None), nn.Module)),
-            ("num_prefix_tokens", isinstance(getattr(model, "num_prefix_tokens", None), int)),
-            ("blocks", isinstance(blocks, (nn.Sequential, nn.ModuleList)) and len(blocks) > 0),
-        )
-        if not present
-    ]
-    if missing:
-        raise TypeError(f"{type(model).__name__} lacks {', '.join(missing)}; need {required}")
-    if isinstance(block, bool) or not isinstance(block, int):
-        raise TypeError(f"block must be an int, got {type(block).__name__}")
+    check_timm_vit(model)
+    blocks = model.blocks
+    check_int("block", block)
     if not -len(blocks) <= block < len(blocks):
-        raise ValueError(f"block {block} is out of range for a model with {len(blocks)} blocks")
+        raise ValueError(
+            f"block {block} is out of range for a model with {len(blocks)} blocks; use an "
+            f"index in [-{len(blocks)}, {len(blocks) - 1}] (-1 is the last block)"
+        )
     attn = getattr(blocks[block], "attn", None)
     if not isinstance(attn, nn.Module):
         raise TypeError(
-            f"{type(model).__name__}.blocks[{block}] has no attn module; need {required}"
+            f"{type(model).__name__}.blocks[{block}] has no attn module; maskkit reads "
+            "timm-style blocks whose attention module is blocks[i].attn"
         )
     if type(attn) is not Attention and not isinstance(getattr(attn, "attn_drop", None), nn.Module):
         raise TypeError(

@@ -20,9 +20,10 @@ from typing import Any, Protocol
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
-from tqdm import tqdm
 
-from .align import _positive_pair
+from ._checks import check_int, check_pair
+from .attention import eval_mode
+from .files import atomic_write
 from .functional import validate_weights
 
 __all__ = ["MapExtractor", "MaskWeightBank"]
@@ -54,22 +55,19 @@ class MaskWeightBank(nn.Module):
     writes it. The maps sit in the buffer ``weights`` of shape (N, gh, gw) on the CPU, so
     ``state_dict()`` / ``load_state_dict()`` put them in checkpoints. Keep the bank out of
     the model: as a submodule, DDP would broadcast it and ``model.to(device)`` would move it.
+    The training step reads ``bank[indices]`` for its batch and aligns the maps with each
+    view's crop on the device (:func:`maskkit.align_weights`), so DataLoader workers never
+    touch the bank.
 
     Memory: ``gh * gw * itemsize`` bytes per sample, 392 B for a 14 x 14 grid in float16,
     so about 0.5 GB for ImageNet-1k's 1.28M images (1 GB in float32).
 
-    Sharing with DataLoader workers: the storage is shared, not copied, so a refresh or a
-    ``load_state_dict`` in the main process reaches running workers (also persistent ones).
-    In memory it is moved to shared memory (``share_memory_()``, which needs that much room
-    in ``/dev/shm``); with ``path=`` it is a memory-mapped file that workers reopen, and
-    that several processes on one node map once (the page cache holds a single copy).
-    Writes are in place: the storage is never replaced.
-
-    With ``path=`` the file holds a 256-byte header (the layout: N, grid, dtype) and then
-    the raw (N, gh, gw) array in ``dtype`` (``numpy.memmap(path, offset=256, ...)`` reads
-    it): an existing file with the same layout is reopened with its contents, a missing
-    one is created filled with ones. When several ranks of one node share a path, create
-    the bank on one rank first and barrier before the others open it.
+    With ``path=`` the maps live in a memory-mapped file: a 256-byte header (the layout:
+    N, grid, dtype) and then the raw (N, gh, gw) array in ``dtype``
+    (``numpy.memmap(path, offset=256, ...)`` reads it). An existing file with the same
+    layout is reopened with its contents (checked: size and values), a missing one is
+    created filled with ones. Writes are in place. When several ranks of one node share a
+    path, create the bank on one rank first and barrier before the others open it.
 
     Args:
         num_samples: N, the dataset length; maps are indexed by dataset index in [0, N).
@@ -92,16 +90,15 @@ class MaskWeightBank(nn.Module):
         path: str | os.PathLike[str] | None = None,
     ) -> None:
         super().__init__()
-        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-            raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
+        check_int("num_samples", num_samples, minimum=1)
         if dtype not in _STORAGE_DTYPES:
             raise ValueError(f"dtype must be one of {_STORAGE_DTYPES}, got {dtype}")
         self.num_samples = num_samples
-        self.grid = _positive_pair("grid", grid)
+        self.grid = check_pair("grid", grid)
         self.dtype = dtype
         self.path = None if path is None else Path(path)
         if self.path is None:
-            weights = torch.ones(num_samples, *self.grid, dtype=dtype).share_memory_()
+            weights = torch.ones(num_samples, *self.grid, dtype=dtype)
         else:
             weights = self._open_file(self.path, create=True)
         self.register_buffer("weights", weights)
@@ -124,6 +121,7 @@ class MaskWeightBank(nn.Module):
             (gh, gw) for an int, (k, gh, gw) for (k,) indices.
         """
         index = self._check_indices(indices, allow_scalar=True)
+        self._check_file()
         return self.weights[index].to(torch.float32, copy=True)
 
     def update(self, indices: Tensor | Sequence[int], maps: Tensor) -> None:
@@ -173,7 +171,7 @@ class MaskWeightBank(nn.Module):
             extractor: Callable ``images -> (B, gh, gw)`` maps with a ``model`` attribute,
                 e.g. :class:`maskkit.AttentionExtractor`.
             loader: Iterable of batches ``(images, ..., indices)``.
-            progress: Show a tqdm bar (on rank 0 only).
+            progress: Show a tqdm bar (on rank 0 only; needs the optional ``tqdm``).
 
         Returns:
             The number of distinct samples refreshed (over all ranks). A warning names how
@@ -229,31 +227,32 @@ class MaskWeightBank(nn.Module):
         if not isinstance(model, nn.Module):
             raise TypeError("extractor must have a `model` attribute holding an nn.Module")
         device = next(model.parameters(), torch.empty(0)).device
-        modes = [(module, module.training) for module in model.modules()]
         all_indices: list[Tensor] = []
         all_maps: list[Tensor] = []
-        try:
-            model.eval()
-            with torch.no_grad():
-                for batch in tqdm(loader, desc="mask weights", disable=not show):
-                    if not isinstance(batch, (tuple, list)) or len(batch) < 2:
-                        raise ValueError(
-                            "loader batches must be tuples (images, ..., indices) with the "
-                            "dataset indices last; wrap the dataset in maskkit.IndexedDataset"
-                        )
-                    images, indices = batch[0], self._check_indices(batch[-1])
-                    maps = extractor(images.to(device, non_blocking=True))
-                    all_maps.append(self._check_maps(maps, indices.numel()))
-                    all_indices.append(indices)
-        finally:
-            for module, training in modes:
-                module.training = training
+        with eval_mode(model), torch.no_grad():
+            for batch in _progress(loader, show=show):
+                if not isinstance(batch, (tuple, list)) or len(batch) < 2:
+                    raise ValueError(
+                        "loader batches must be tuples (images, ..., indices) with the "
+                        "dataset indices last; wrap the dataset in maskkit.IndexedDataset"
+                    )
+                images, indices = batch[0], self._check_indices(batch[-1])
+                if images.is_floating_point() and not bool(torch.isfinite(images).all()):
+                    raise ValueError(
+                        f"images of dataset indices {indices[:8].tolist()} (first of the "
+                        "batch) hold NaN or Inf pixels, which make their attention maps NaN; "
+                        "fix or drop those images"
+                    )
+                maps = extractor(images.to(device, non_blocking=True))
+                all_maps.append(self._check_maps(maps, indices.numel()))
+                all_indices.append(indices)
         if not all_indices:
             return torch.empty(0, dtype=torch.int64), torch.empty(0, *self.grid, dtype=self.dtype)
         return torch.cat(all_indices), torch.cat(all_maps)
 
     def _write(self, indices: Tensor, maps: Tensor) -> None:
         """Write checked maps in place; a repeated index takes its first map."""
+        self._check_file()
         unique, inverse = torch.unique(indices, return_inverse=True)
         if unique.numel() != indices.numel():
             positions = torch.arange(indices.numel())
@@ -269,6 +268,8 @@ class MaskWeightBank(nn.Module):
         if isinstance(indices, bool):
             raise TypeError("indices must be ints or an integer tensor, got a bool")
         index = torch.as_tensor(indices)
+        if index.numel() == 0 and not isinstance(indices, Tensor):
+            index = index.to(torch.int64)  # `[]` would otherwise be a float tensor
         if index.dtype == torch.bool or index.is_floating_point() or index.is_complex():
             raise TypeError(f"indices must have an integer dtype, got {index.dtype}")
         if not (index.dim() == 1 or (allow_scalar and index.dim() == 0)):
@@ -311,31 +312,54 @@ class MaskWeightBank(nn.Module):
         """Map ``path``; a missing file is created (when allowed) filled with ones."""
         shape = (self.num_samples, *self.grid)
         header = self._file_header()
-        nbytes = _FILE_HEADER_BYTES + math.prod(shape) * self.dtype.itemsize
         if path.exists():
             with path.open("rb") as file:
                 found = file.read(_FILE_HEADER_BYTES)
-            if found != header or path.stat().st_size != nbytes:
+            if found != header:
                 raise ValueError(
                     f"{path} holds {_describe_header(found)}, not a bank of "
                     f"{self.num_samples} samples on grid {self.grid} in {self.dtype}; pass "
                     "the num_samples, grid and dtype it was created with, or another path"
                 )
-            return _map_file(path, nbytes, self.dtype, shape)
+            self._check_file(path)
+            weights = _map_file(path, self._file_bytes, self.dtype, shape)
+            try:
+                validate_weights(weights)
+            except ValueError as error:
+                raise ValueError(f"{path} is corrupt: {error}") from None
+            return weights
         if not create:
             raise FileNotFoundError(f"the bank's file {path} no longer exists")
-        if not path.parent.is_dir():
-            raise FileNotFoundError(f"directory {path.parent} does not exist; create it first")
-        # Fill under a temporary name, then rename: the path never holds a half-filled bank
-        # that a later run would reopen as valid. The mapping follows the renamed inode.
-        partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
-        with partial.open("wb") as file:
+        # Filled under a temporary name, then renamed: the path never holds a half-filled
+        # bank that a later run would reopen as valid. The mapping follows the renamed inode.
+        with atomic_write(path) as file:
             file.write(header)
-            file.truncate(nbytes)
-        weights = _map_file(partial, nbytes, self.dtype, shape)
-        weights.fill_(1)
-        os.replace(partial, path)
+            file.truncate(self._file_bytes)
+            file.flush()
+            weights = _map_file(Path(file.name), self._file_bytes, self.dtype, shape)
+            weights.fill_(1)
         return weights
+
+    @property
+    def _file_bytes(self) -> int:
+        return _FILE_HEADER_BYTES + math.prod((self.num_samples, *self.grid)) * self.dtype.itemsize
+
+    def _check_file(self, path: Path | None = None) -> None:
+        """Raise ``ValueError`` if the bank's file is shorter than its layout needs.
+
+        Reading a mapped page past the end of a truncated file kills the process with
+        SIGBUS; one ``stat`` per access turns that into an error that says what happened.
+        """
+        path = path or self.path
+        if path is None:
+            return
+        size = path.stat().st_size
+        if size != self._file_bytes:
+            raise ValueError(
+                f"{path} is {size} bytes but its layout ({self.num_samples} samples on grid "
+                f"{self.grid} in {self.dtype}) needs {self._file_bytes}: the file was "
+                "truncated or overwritten; restore it or start a new bank at another path"
+            )
 
     def _file_header(self) -> bytes:
         """What the file's first bytes must be: a magic line, then the shape and dtype."""
@@ -368,23 +392,11 @@ class MaskWeightBank(nn.Module):
                     "with the num_samples and grid of the checkpoint"
                 )
             state_dict = {**state_dict, key: self._check_maps(incoming, self.num_samples)}
-        # Copy in place, never assign: workers and the memory-mapped file share the storage.
+        # Copy in place, never assign: a file-backed bank must keep writing to its file.
         local_metadata = {**local_metadata, "assign_to_params_buffers": False}
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        if self.path is not None:
-            # A file-backed storage cannot travel to a spawned worker; the worker reopens it.
-            state["_buffers"] = {**state["_buffers"], "weights": None}
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        super().__setstate__(state)
-        if self.path is not None:
-            self._buffers["weights"] = self._open_file(self.path, create=False)
 
 
 def _map_file(path: Path, nbytes: int, dtype: torch.dtype, shape: tuple[int, ...]) -> Tensor:
@@ -439,3 +451,14 @@ def _comm_device() -> torch.device:
     if dist.get_backend() == "nccl":
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
+
+
+def _progress(loader: Iterable[Any], *, show: bool) -> Iterable[Any]:
+    """``loader`` behind a tqdm bar when asked for and tqdm is installed (it is optional)."""
+    if not show:
+        return loader
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return loader
+    return tqdm(loader, desc="mask weights")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ._checks import check_int, check_ratio
 from .split import MaskSplit
 
 __all__ = [
@@ -21,6 +22,8 @@ __all__ = [
     "priority_keys",
     "split_from_priorities",
     "sample_split",
+    "check_device",
+    "check_finite",
 ]
 
 # Zero-weight patches are pushed below every positive one. Positive float32 weights give
@@ -54,35 +57,49 @@ class SplitCounts(tuple[int, int, int]):
         return self[2]
 
 
-def check_ratios(mask_ratio: float, throw_ratio: float) -> None:
-    """Raise ``ValueError`` unless both ratios lie in [0, 1] and sum to at most 1."""
-    for name, value in (("mask_ratio", mask_ratio), ("throw_ratio", throw_ratio)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise TypeError(f"{name} must be a float in [0, 1], got {type(value).__name__}")
-        if not 0.0 <= value <= 1.0:
-            raise ValueError(f"{name} must lie in [0, 1], got {value}")
-    if mask_ratio + throw_ratio > 1.0:
+def check_ratios(mask_ratio: float, throw_ratio: float) -> tuple[float, float]:
+    """Return the ratios as floats if both lie in [0, 1] and their sum is below 1.
+
+    A sum of 1 (or more) leaves no patch visible for any L, so it is rejected here, where a
+    masker is built, rather than at its first call.
+
+    Raises:
+        TypeError: a ratio is not a real number.
+        ValueError: a ratio outside [0, 1], or ``mask_ratio + throw_ratio >= 1``.
+    """
+    mask_ratio = check_ratio("mask_ratio", mask_ratio)
+    throw_ratio = check_ratio("throw_ratio", throw_ratio)
+    total = mask_ratio + throw_ratio
+    # Within 1e-9 of 1 counts as 1 (0.7 + 0.3 is 0.9999999999999999 in floats); no math.*
+    # call, which torch.compile cannot trace on a symbolic float.
+    if total >= 1.0 - 1e-9:
         raise ValueError(
-            f"mask_ratio + throw_ratio must be at most 1, got {mask_ratio} + {throw_ratio} = "
-            f"{mask_ratio + throw_ratio}; lower one of them"
+            f"mask_ratio + throw_ratio must be below 1, got {mask_ratio} + {throw_ratio} = "
+            f"{total}: no patch would stay visible; lower one of them"
         )
+    return mask_ratio, throw_ratio
 
 
 def split_counts(num_patches: int, mask_ratio: float, throw_ratio: float = 0.0) -> SplitCounts:
     """Per-sample counts of visible, masked and thrown patches.
 
-    MAE's rule fixes the visible count, ``int(L * (1 - mask_ratio - throw_ratio))``; then
-    ``n_masked = int(L * mask_ratio)`` and the thrown patches take the rest. With
-    ``throw_ratio == 0`` nothing is thrown and the masked patches take the rest, exactly as
-    MAE's ``random_masking`` masks every patch it does not keep.
+    The visible count is MAE's and Hugging Face ViTMAE's, computed with the same float
+    expression, ``int(L * (1 - (mask_ratio + throw_ratio)))``, so a masker with ratios
+    ``(m, t)`` keeps exactly the patches those models keep with ``mask_ratio = m + t``.
+    Then ``n_masked = int(L * mask_ratio)`` (capped so that nothing goes negative) and the
+    thrown patches take the rest. With ``throw_ratio == 0`` the masked patches take the
+    rest, as MAE's ``random_masking`` masks every patch it does not keep.
+
+    AMT (guijiejie/AMT) cuts its order at ``int(L * m)`` and ``int(L * (m + t))`` instead,
+    which can keep one patch more or fewer than this rule; maskkit follows MAE for every
+    masker so that visible counts agree with the host model.
 
     Raises:
         ValueError: bad ratios, or a split that leaves no visible patch.
     """
-    check_ratios(mask_ratio, throw_ratio)
-    if isinstance(num_patches, bool) or not isinstance(num_patches, int) or num_patches < 1:
-        raise ValueError(f"num_patches must be a positive int, got {num_patches!r}")
-    n_visible = int(num_patches * (1.0 - mask_ratio - throw_ratio))
+    mask_ratio, throw_ratio = check_ratios(mask_ratio, throw_ratio)
+    num_patches = check_int("num_patches", num_patches, minimum=1)
+    n_visible = int(num_patches * (1 - (mask_ratio + throw_ratio)))
     if n_visible < 1:
         raise ValueError(
             f"mask_ratio={mask_ratio} and throw_ratio={throw_ratio} leave no visible patch out of "
@@ -95,10 +112,10 @@ def split_counts(num_patches: int, mask_ratio: float, throw_ratio: float = 0.0) 
 
 
 def flatten_weights(weights: Tensor, batch_size: int, num_patches: int) -> Tensor:
-    """Check the shape and dtype of per-patch weights and return them as float32 (B, L).
+    """Check the shape and dtype of per-patch weights and return them as (B, L).
 
     Args:
-        weights: (B, L) or (B, gh, gw) with ``gh * gw == L``, any floating dtype.
+        weights: (B, L) or (B, gh, gw) with ``gh * gw == L``, any floating dtype (kept).
         batch_size: B.
         num_patches: L.
     """
@@ -118,23 +135,46 @@ def flatten_weights(weights: Tensor, batch_size: int, num_patches: int) -> Tenso
             f"num_patches={num_patches}; expected ({batch_size}, {num_patches}) or "
             f"({batch_size}, gh, gw) with gh * gw == {num_patches}"
         )
-    return weights.reshape(batch_size, num_patches).float()
+    return weights.reshape(batch_size, num_patches)
+
+
+_FLOAT32_MAX = torch.finfo(torch.float32).max
 
 
 def validate_weights(weights: Tensor) -> None:
-    """Reject NaN, infinite or negative weights without a host sync on CUDA.
+    """Reject NaN, infinite, negative or float32-overflowing weights; no host sync on CUDA.
 
-    On CPU this raises ``ValueError``. On CUDA (and while compiling) it queues an
-    asynchronous device assert instead, which fails at the next synchronisation point.
+    On CPU this raises ``ValueError`` naming the first problem found. On CUDA (and while
+    compiling) it queues one asynchronous device assert instead, which fails at the next
+    synchronisation point.
     """
-    ok = torch.isfinite(weights).all() & (weights >= 0).all()
+    finite = torch.isfinite(weights)
+    in_range = weights.abs() <= _FLOAT32_MAX
+    ok = finite.all() & (weights >= 0).all() & in_range.all()
     if weights.is_cuda or torch.compiler.is_compiling():
-        torch._assert_async(ok, "maskkit: weights must be finite and non-negative")
-    elif not bool(ok):
-        raise ValueError(
-            "weights must be finite and non-negative (found NaN, Inf or a negative value); "
-            "clean them first, e.g. with weights.nan_to_num(0).clamp_min(0)"
+        torch._assert_async(
+            ok, "maskkit: weights must be finite, non-negative and within float32's range"
         )
+        return
+    if bool(ok):
+        return
+    if bool(weights.isnan().any()):
+        raise ValueError(
+            "weights contain NaN; attention maps come out NaN when the images fed to the "
+            "extractor hold NaN pixels or the model has diverged: check those first"
+        )
+    if not bool(finite.all()):
+        raise ValueError("weights contain Inf; pass finite weights, e.g. normalised to [0, 1]")
+    if not bool((weights >= 0).all()):
+        raise ValueError(
+            f"weights must be non-negative, found {float(weights.min())}; masking weights "
+            "are unnormalised probabilities, e.g. attention maps or their min-max rescaling"
+        )
+    raise ValueError(
+        f"weights up to {float(weights.abs().max()):.3g} exceed float32's range "
+        f"({_FLOAT32_MAX:.3g}), in which they are sampled; rescale them, e.g. divide by "
+        "their maximum"
+    )
 
 
 def priority_keys(
@@ -219,6 +259,28 @@ def _same_device(requested: torch.device, actual: torch.device) -> bool:
     return requested.type == actual.type and requested.index in (None, actual.index)
 
 
+def check_device(name: str, values: Tensor, device: torch.device | str | None) -> None:
+    """``device`` must be None or name the device ``values`` live on."""
+    if device is not None and not _same_device(torch.device(device), values.device):
+        raise ValueError(
+            f"device={device} differs from {name}.device={values.device}; move the {name} "
+            "with .to(device) or drop the device argument"
+        )
+
+
+def check_finite(name: str, values: Tensor) -> None:
+    """Reject NaN or infinite values: ``ValueError`` on CPU, an async device assert on CUDA
+    and while compiling (no host sync)."""
+    ok = torch.isfinite(values).all()
+    if values.is_cuda or torch.compiler.is_compiling():
+        torch._assert_async(ok, f"maskkit: {name} must be finite")
+    elif not bool(ok):
+        raise ValueError(
+            f"{name} holds NaN or Inf; check the model that produced it (a diverged model or "
+            "NaN inputs), or clean it with torch.nan_to_num"
+        )
+
+
 def sample_split(
     batch_size: int,
     num_patches: int,
@@ -249,19 +311,15 @@ def sample_split(
     Returns:
         A :class:`MaskSplit` on the weights' (or ``device``'s) device.
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    check_int("batch_size", batch_size, minimum=1)
     counts = split_counts(num_patches, mask_ratio, throw_ratio)
     flat_weights = None
     if weights is not None:
-        if device is not None and not _same_device(torch.device(device), weights.device):
-            raise ValueError(
-                f"device={device} differs from weights.device={weights.device}; move the "
-                "weights with .to(device) or drop the device argument"
-            )
+        check_device("weights", weights, device)
         flat_weights = flatten_weights(weights, batch_size, num_patches)
         if validate:
             validate_weights(flat_weights)
+        flat_weights = flat_weights.float()
     device = torch.device(device) if device is not None else None
     priorities = priority_keys(
         flat_weights, batch_size, num_patches, device=device, generator=generator

@@ -66,11 +66,13 @@ class RandomMasker(_Masker):
 
     Args:
         mask_ratio: share of patches masked, in [0, 1).
+
+    Raises:
+        ValueError: ``mask_ratio`` outside [0, 1).
     """
 
     def __init__(self, mask_ratio: float = 0.75) -> None:
-        check_ratios(mask_ratio, 0.0)
-        self.mask_ratio = float(mask_ratio)
+        self.mask_ratio, _ = check_ratios(mask_ratio, 0.0)
         self.throw_ratio = 0.0
         self.validate = True
 
@@ -108,10 +110,12 @@ class RandomMasker(_Masker):
 
 
 class _WeightedMasker(_Masker):
+    """Weighted masking-and-throwing; AMTMasker and SAMMasker differ only in defaults."""
+
     def __init__(self, mask_ratio: float, throw_ratio: float, *, validate: bool = True) -> None:
-        check_ratios(mask_ratio, throw_ratio)
-        self.mask_ratio = float(mask_ratio)
-        self.throw_ratio = float(throw_ratio)
+        self.mask_ratio, self.throw_ratio = check_ratios(mask_ratio, throw_ratio)
+        if not isinstance(validate, bool):
+            raise TypeError(f"validate must be a bool, got {type(validate).__name__}")
         self.validate = validate
 
 
@@ -120,12 +124,21 @@ class AMTMasker(_WeightedMasker):
 
     Patches are ordered by a weighted random permutation of self-supervised attention
     weights: the first ``int(L * mask_ratio)`` are masked, then thrown, and the
-    ``int(L * (1 - mask_ratio - throw_ratio))`` last stay visible.
+    ``int(L * (1 - (mask_ratio + throw_ratio)))`` last stay visible (MAE's visible count;
+    AMT's own code cuts at ``int(L * (mask_ratio + throw_ratio))``, see
+    :func:`~maskkit.split_counts`).
+
+    The same class as :class:`SAMMasker` with AMT's default ratios: what makes a split AMT
+    or SAM is where the weights come from (a self-supervised MAE's attention, or a
+    supervised encoder's).
 
     Args:
         mask_ratio: share of patches masked (AMT default 0.45).
         throw_ratio: share of patches thrown (AMT default 0.40).
         validate: check weight values (a device assert on CUDA); off skips the check.
+
+    Raises:
+        ValueError: a ratio outside [0, 1] or ``mask_ratio + throw_ratio >= 1``.
     """
 
     def __init__(
@@ -137,13 +150,17 @@ class AMTMasker(_WeightedMasker):
 class SAMMasker(_WeightedMasker):
     """MSMAE's supervised attention-driven masking, SAM (Mao et al., MSMAE, eq. 6-7).
 
-    The same weighted masking-and-throwing as AMT, driven by the cls attention of a
-    supervised encoder, which points at the lesion; defaults from MSMAE Table 4.
+    The same weighted masking-and-throwing as :class:`AMTMasker` (the two classes differ
+    only in their default ratios), driven by the cls attention of a supervised encoder,
+    which points at the lesion; defaults from MSMAE Table 4.
 
     Args:
         mask_ratio: share of patches masked (MSMAE default 0.45).
         throw_ratio: share of patches thrown (MSMAE default 0.30).
         validate: check weight values (a device assert on CUDA); off skips the check.
+
+    Raises:
+        ValueError: a ratio outside [0, 1] or ``mask_ratio + throw_ratio >= 1``.
     """
 
     def __init__(

@@ -7,7 +7,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-__all__ = ["MaskSplit", "gather_tokens"]
+__all__ = ["MaskSplit", "gather_tokens", "labels_of"]
 
 VISIBLE, MASKED, THROWN = 0, 1, -1
 
@@ -17,11 +17,19 @@ def gather_tokens(x: Tensor, indices: Tensor) -> Tensor:
 
     Args:
         x: (B, L, D) tokens (or (B, L) per-patch values).
-        indices: (B, K) int64 patch indices.
+        indices: (B, K) int64 patch indices in [0, L).
 
     Returns:
         (B, K, D) (or (B, K)) tokens in the order of ``indices``.
+
+    Raises:
+        ValueError: ``x`` and ``indices`` differ in B, or ``indices`` is not 2-D.
     """
+    if indices.dim() != 2 or x.dim() < 2 or x.shape[0] != indices.shape[0]:
+        raise ValueError(
+            f"gather_tokens needs x (B, L, ...) and indices (B, K) with the same B, got x "
+            f"{tuple(x.shape)} and indices {tuple(indices.shape)}"
+        )
     if x.dim() == 2:
         return x.gather(1, indices)
     batch_size, num_patches = x.shape[:2]
@@ -38,7 +46,9 @@ class MaskSplit(NamedTuple):
 
     Indices count patch tokens only (no cls or other prefix tokens). Within each group,
     indices run from lowest to highest sampling priority (not sorted by patch); for
-    uniform masking ``visible`` is exactly MAE's ``ids_keep``.
+    uniform masking ``visible`` is exactly MAE's ``ids_keep``. Per patch, ``labels`` says
+    which group it is in; :meth:`is_visible`, :meth:`is_masked` and :meth:`is_thrown` give
+    the same as bool masks and :meth:`loss_mask` as MAE's float loss mask.
 
     Attributes:
         visible: (B, K) int64, patches the encoder sees.
@@ -62,29 +72,45 @@ class MaskSplit(NamedTuple):
         """L, the number of patches per sample."""
         return self.ids_shuffle.shape[1]
 
+    def check_tokens(self, x: Tensor) -> None:
+        """Raise ``ValueError`` unless ``x`` is (B, L, ...) for this split's B and L.
+
+        A shape check only (no host sync): tokens with the cls token still in, or of
+        another batch, would otherwise gather shifted or foreign tokens silently.
+        """
+        batch_size, num_patches = self.ids_shuffle.shape
+        if x.dim() >= 2 and tuple(x.shape[:2]) == (batch_size, num_patches):
+            return
+        hint = ""
+        if x.dim() >= 2 and x.shape[0] == batch_size and x.shape[1] > num_patches:
+            extra = x.shape[1] - num_patches
+            hint = (
+                f"; it has {extra} token(s) too many: drop the prefix (cls, register) tokens "
+                f"first, e.g. x[:, {extra}:]"
+            )
+        raise ValueError(
+            f"tokens of shape {tuple(x.shape)} do not match the split of {batch_size} samples "
+            f"x {num_patches} patches; expected ({batch_size}, {num_patches}, ...){hint}"
+        )
+
     def gather_visible(self, x: Tensor) -> Tensor:
         """Visible tokens of ``x`` (B, L, D) → (B, K, D), in the order of ``visible``."""
+        self.check_tokens(x)
         return gather_tokens(x, self.visible)
 
     def gather_masked(self, x: Tensor) -> Tensor:
         """Masked tokens (or reconstruction targets) of ``x`` (B, L, D) → (B, M, D)."""
+        self.check_tokens(x)
         return gather_tokens(x, self.masked)
 
-    def mask(self, dtype: torch.dtype = torch.float32) -> Tensor:
-        """MAE-style loss mask (B, L): 1 on masked patches, 0 on visible and thrown ones.
+    def loss_mask(self, dtype: torch.dtype = torch.float32) -> Tensor:
+        """MAE's ``mask`` (B, L): 1 on masked patches, 0 on visible and thrown ones.
 
         MAE averages its per-patch loss with this mask, so thrown patches stay out of the
-        loss, as AMT and MSMAE require.
+        loss, as AMT and MSMAE require. Note that MAE's own ``mask`` is 1 on every patch it
+        does not keep; with ``throw_ratio = 0`` the two agree.
         """
         return (self.labels == MASKED).to(dtype)
-
-    def kept(self) -> Tensor:
-        """Sorted indices of the non-thrown (visible and masked) patches, (B, K + M).
-
-        AMT's decoder and loss see only these patches.
-        """
-        num_kept = self.visible.shape[1] + self.masked.shape[1]
-        return torch.sort(self.ids_shuffle[:, :num_kept], dim=1).values
 
     def is_visible(self) -> Tensor:
         """(B, L) bool, True on visible patches."""
@@ -101,3 +127,20 @@ class MaskSplit(NamedTuple):
     def to(self, device: torch.device | str) -> MaskSplit:
         """Copy every index tensor to ``device``."""
         return MaskSplit(*(t.to(device) for t in self))
+
+
+def labels_of(split_or_labels: MaskSplit | Tensor) -> Tensor:
+    """(B, L) int labels (0 visible, 1 masked, -1 thrown) of a split or of labels."""
+    if isinstance(split_or_labels, MaskSplit):
+        return split_or_labels.labels
+    if not isinstance(split_or_labels, Tensor):
+        raise TypeError(
+            f"expected a MaskSplit or a (B, L) label tensor, got {type(split_or_labels).__name__}"
+        )
+    labels = split_or_labels
+    if labels.dim() != 2 or labels.is_floating_point() or labels.dtype == torch.bool:
+        raise ValueError(
+            f"labels must be a (B, L) integer tensor (0 visible, 1 masked, -1 thrown), got "
+            f"shape {tuple(labels.shape)} and dtype {labels.dtype}; pass MaskSplit.labels"
+        )
+    return labels

@@ -1,51 +1,54 @@
-"""Crops that carry their weight maps along, and the datasets that apply them.
+"""Crops that report what they did, and datasets that return the crop with each view.
 
 MSMAE augments with RandomResizedCrop (scale (0.2, 1.0), bicubic) and a horizontal flip,
 and masks each view from the whole image's map. :class:`PairedRandomResizedCrop` returns
-the box and flip it applied, so :func:`maskkit.align_weights` can move the map the same
-way; :class:`WeightedCropDataset` does both per sample.
+the box and flip it applied; :class:`CropDataset` returns them with every view, so the
+training step can move the batch's maps the same way on the device
+(:func:`maskkit.align_weights`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 import torchvision.transforms.functional as TF
 from torch.utils.data import Dataset
-from torchvision.transforms import InterpolationMode
+from torchvision.transforms import InterpolationMode, RandomResizedCrop
 
-from .align import _positive_pair, align_weights
-from .bank import MaskWeightBank
+from ._checks import check_int, check_pair
+from .align import CropParams
 
-__all__ = ["CropParams", "IndexedDataset", "PairedRandomResizedCrop", "WeightedCropDataset"]
+__all__ = ["CropDataset", "CropParams", "IndexedDataset", "PairedRandomResizedCrop"]
 
 
-class CropParams(NamedTuple):
-    """A sampled crop: the box in pixels of the input image, and whether it was flipped."""
+@contextlib.contextmanager
+def _drawing_from(generator: torch.Generator | None) -> Iterator[None]:
+    """Make torch's global CPU RNG draw ``generator``'s stream inside the block.
 
-    top: int
-    left: int
-    height: int
-    width: int
-    hflip: bool
-
-    @property
-    def box(self) -> tuple[int, int, int, int]:
-        """``(top, left, height, width)``, the order of ``RandomResizedCrop.get_params``."""
-        return self.top, self.left, self.height, self.width
+    torchvision's transforms draw from the global RNG; copying the generator's state in
+    and the advanced state back out gives exactly the draws the generator would have made,
+    and leaves the global RNG untouched. ``None`` draws from the global RNG itself.
+    """
+    if generator is None:
+        yield
+        return
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.set_state(generator.get_state())
+        yield
+        generator.set_state(torch.default_generator.get_state())
 
 
 class PairedRandomResizedCrop:
     """RandomResizedCrop + horizontal flip that also returns what it did.
 
-    The box follows torchvision's ``RandomResizedCrop.get_params`` rule (10 tries at a
-    random area and log-uniform aspect ratio, then a central crop clamped to ``ratio``),
-    then the flip is drawn as ``RandomHorizontalFlip`` does, all from ``generator``. With
-    ``generator=None`` the draws come from torch's global RNG in the same order as
+    The box is torchvision's own ``RandomResizedCrop.get_params`` and the flip is drawn as
+    ``RandomHorizontalFlip`` does, both from ``generator``. With ``generator=None`` the
+    draws come from torch's global RNG in the order of
     ``Compose([RandomResizedCrop(...), RandomHorizontalFlip(...)])``, so both give the same
     images for the same seed. Defaults are MSMAE's (scale (0.2, 1.0), bicubic, flip 0.5).
 
@@ -72,7 +75,7 @@ class PairedRandomResizedCrop:
         interpolation: InterpolationMode = InterpolationMode.BICUBIC,
         antialias: bool = True,
     ) -> None:
-        pair = _positive_pair("size", (size, size) if isinstance(size, int) else size)
+        pair = check_pair("size", (size, size) if isinstance(size, int) else size)
         if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
             raise ValueError(f"scale must satisfy 0 < scale[0] <= scale[1] <= 1, got {scale!r}")
         if len(ratio) != 2 or not 0 < ratio[0] <= ratio[1] < math.inf:
@@ -94,12 +97,15 @@ class PairedRandomResizedCrop:
         self, image_size: tuple[int, int], *, generator: torch.Generator | None = None
     ) -> CropParams:
         """Draw a box inside an image of size ``(H, W)`` and a flip."""
-        height, width = image_size
-        if height < 1 or width < 1:
-            raise ValueError(f"image_size must be positive (H, W), got {image_size!r}")
-        top, left, crop_height, crop_width = self._sample_box(height, width, generator)
-        hflip = bool(torch.rand(1, generator=generator) < self.hflip_prob)
-        return CropParams(top, left, crop_height, crop_width, hflip)
+        height, width = check_pair("image_size", image_size)
+        # get_params reads only the size of its image argument: a view of one element.
+        stand_in = torch.empty(1, 1, 1).expand(1, height, width)
+        with _drawing_from(generator):
+            top, left, crop_height, crop_width = RandomResizedCrop.get_params(
+                stand_in, list(self.scale), list(self.ratio)
+            )
+            hflip = bool(torch.rand(1) < self.hflip_prob)
+        return CropParams(top, left, crop_height, crop_width, hflip, height, width)
 
     def apply(self, image: Any, params: CropParams) -> Any:
         """Crop ``image`` (PIL or (..., C, H, W) tensor) to ``params``, resize, maybe flip."""
@@ -126,111 +132,65 @@ class PairedRandomResizedCrop:
             f"hflip_prob={self.hflip_prob}, interpolation={self.interpolation.value})"
         )
 
-    def _sample_box(
-        self, height: int, width: int, generator: torch.Generator | None
-    ) -> tuple[int, int, int, int]:
-        # The same draws, in the same order and precision, as RandomResizedCrop.get_params.
-        area = height * width
-        log_ratio = torch.log(torch.tensor(self.ratio))
-        for _ in range(10):
-            target_area = area * torch.empty(1).uniform_(*self.scale, generator=generator).item()
-            log_aspect = torch.empty(1).uniform_(
-                float(log_ratio[0]), float(log_ratio[1]), generator=generator
-            )
-            aspect = torch.exp(log_aspect).item()
-            crop_width = round(math.sqrt(target_area * aspect))
-            crop_height = round(math.sqrt(target_area / aspect))
-            if 0 < crop_width <= width and 0 < crop_height <= height:
-                top = int(torch.randint(0, height - crop_height + 1, (1,), generator=generator))
-                left = int(torch.randint(0, width - crop_width + 1, (1,), generator=generator))
-                return top, left, crop_height, crop_width
-        # No try fitted: the central crop with the aspect ratio clamped to `ratio`.
-        image_ratio = width / height
-        crop_height, crop_width = height, width
-        if image_ratio < self.ratio[0]:
-            crop_height = round(width / self.ratio[0])
-        elif image_ratio > self.ratio[1]:
-            crop_width = round(height * self.ratio[1])
-        return (height - crop_height) // 2, (width - crop_width) // 2, crop_height, crop_width
 
+class CropDataset(Dataset):
+    """Wrap a dataset of ``(image, target)`` to yield ``(view, target, crop, index)``.
 
-class WeightedCropDataset(Dataset):
-    """Wrap a dataset of ``(image, target)`` to yield ``(image, target, weights, index)``.
+    Each image is cropped and flipped by ``transform``; ``crop`` is the
+    :class:`CropParams` it applied (box, flip and the source image's size), which the
+    DataLoader collates into (B,) tensors, and ``index`` the dataset index, with which the
+    training step reads the batch's maps from a :class:`maskkit.MaskWeightBank` and aligns
+    them on the device::
 
-    Each sample is cropped and flipped by ``transform`` and its map in ``bank`` is aligned
-    to that crop and flip on ``out_grid`` (:func:`maskkit.align_weights`), so ``weights``
-    (gh, gw) float32 covers exactly what the crop shows.
+        for views, targets, crops, indices in loader:
+            weights = align_weights(bank[indices].to(device), crops, out_grid=grid)
 
     Determinism: every sample draws from its own generator seeded by ``(seed, epoch,
     index)``, so a sample's crop depends neither on the order of access nor on the
-    DataLoader worker that loads it. Call :meth:`set_epoch` before iterating each epoch's
-    loader to change the crops per epoch. The epoch and the bank's maps live in shared
-    memory, so DataLoader workers, persistent ones included, see ``set_epoch`` and a
-    refresh done in the main process (do both before starting the epoch's iteration).
-    ``post_transform`` runs after the crop (e.g. ToTensor + Normalize); randomness in it
-    comes from the global RNG, not from ``seed``.
+    DataLoader worker that loads it, and a resumed run redraws the same crops. Call
+    :meth:`set_epoch` before creating each epoch's iterator: workers copy the dataset when
+    they start, so with ``persistent_workers=True`` they would keep the epoch they started
+    with (the recipes start workers anew each epoch). ``post_transform`` runs after the
+    crop (e.g. ToTensor + Normalize); randomness in it comes from the global RNG, not from
+    ``seed``.
 
     Args:
-        dataset: Map-style dataset whose items are ``(image, target)``; images PIL or tensors.
-        bank: Maps over the whole images, one per index of ``dataset``.
-        transform: The paired crop.
-        seed: Base seed of the crops, an int >= 0.
-        post_transform: Optional callable applied to the cropped image.
-        out_grid: ``(gh, gw)`` of the returned weights; defaults to ``bank.grid``.
+        dataset: map-style dataset whose items are ``(image, target)``; images PIL or tensors.
+        transform: the paired crop.
+        seed: base seed of the crops, an int >= 0.
+        post_transform: optional callable applied to the cropped image.
 
     Raises:
-        ValueError: ``dataset`` and ``bank`` differ in length, or a negative seed.
+        ValueError: a negative seed.
     """
 
     def __init__(
         self,
         dataset: Dataset,
-        bank: MaskWeightBank,
         transform: PairedRandomResizedCrop,
         *,
         seed: int = 0,
         post_transform: Callable[[Any], Any] | None = None,
-        out_grid: tuple[int, int] | None = None,
     ) -> None:
-        if len(dataset) != len(bank):  # type: ignore[arg-type]
-            raise ValueError(
-                f"the dataset has {len(dataset)} samples but the bank {len(bank)}; "  # type: ignore[arg-type]
-                "build the bank with num_samples=len(dataset)"
-            )
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise ValueError(f"seed must be an int >= 0, got {seed!r}")
         self.dataset = dataset
-        self.bank = bank
         self.transform = transform
-        self.seed = seed
+        self.seed = check_int("seed", seed, minimum=0)
         self.post_transform = post_transform
-        self.out_grid = bank.grid if out_grid is None else out_grid
-        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
-
-    @property
-    def epoch(self) -> int:
-        """The epoch the crops are drawn for."""
-        return int(self._epoch)
+        self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
-        """Draw the crops of ``epoch`` from now on (visible to running workers)."""
-        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
-            raise ValueError(f"epoch must be an int >= 0, got {epoch!r}")
-        self._epoch.fill_(epoch)
+        """Draw the crops of ``epoch`` in iterators created from now on."""
+        self.epoch = check_int("epoch", epoch, minimum=0)
 
     def __len__(self) -> int:
-        return len(self.bank)
+        return len(self.dataset)  # type: ignore[arg-type]
 
-    def __getitem__(self, index: int) -> tuple[Any, Any, torch.Tensor, int]:
+    def __getitem__(self, index: int) -> tuple[Any, Any, CropParams, int]:
         image, target = self.dataset[index]
-        _, height, width = TF.get_dimensions(image)
-        image, params = self.transform(image, generator=self.generator(index))
-        weights = align_weights(
-            self.bank[index], params.box, (height, width), self.out_grid, hflip=params.hflip
-        )
+        view, crop = self.transform(image, generator=self.generator(index))
         if self.post_transform is not None:
-            image = self.post_transform(image)
-        return image, target, weights, index
+            view = self.post_transform(view)
+        return view, target, crop, index
 
     def generator(self, index: int) -> torch.Generator:
         """The generator of sample ``index`` in the current epoch."""

@@ -2,24 +2,30 @@
 
 One row per image: the image (lesion box in green, as in MSMAE's figures), the split
 drawn over it (visible clear, masked tinted, thrown darkened) and, when given, the masking
-weights as a heatmap: the views of MSMAE Figs. 1, 2 and 5.
+weights as a heatmap: the views of MSMAE Figs. 1, 2 and 5. A legend under the grid names
+the colours. Not imported by ``import maskkit``; use ``from maskkit.viz import
+save_mask_grid``.
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor
 
-from .metrics import _labels_of
+from ._checks import check_int
+from .files import atomic_write
 from .patches import patch_grid
-from .split import MASKED, THROWN, MaskSplit
+from .split import MASKED, THROWN, MaskSplit, labels_of
+
+try:
+    from PIL import Image, ImageDraw
+except ImportError as error:  # pragma: no cover - Pillow comes with torchvision
+    raise ImportError("maskkit.viz draws PNGs with Pillow: pip install 'maskkit[viz]'") from error
 
 __all__ = ["heatmap", "save_mask_grid"]
 
@@ -97,7 +103,8 @@ def save_mask_grid(
 
     Layout: ``n = min(B, max_images)`` rows and 2 columns (3 with ``weights``) of
     ``(H * scale, W * scale)`` panels on white, ``pad`` pixels between and around them:
-    ``(n * H * scale + (n + 1) * pad)`` high.
+    ``(n * H * scale + (n + 1) * pad)`` high, then a legend line (14 px and ``pad``) that
+    names the colours; the figure is widened to the legend's width if the grid is narrower.
 
     Args:
         path: Output PNG path.
@@ -121,14 +128,12 @@ def save_mask_grid(
             f"images must be float (B, 3, H, W), got {tuple(images.shape)} {images.dtype}; "
             "convert uint8 images with .float() / 255"
         )
-    for name, value in (("max_images", max_images), ("scale", scale)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
-    if isinstance(pad, bool) or not isinstance(pad, int) or pad < 0:
-        raise ValueError(f"pad must be an int >= 0, got {pad!r}")
+    check_int("max_images", max_images, minimum=1)
+    check_int("scale", scale, minimum=1)
+    check_int("pad", pad, minimum=0)
     batch, _, height, width = images.shape
     gh, gw = patch_grid((height, width), patch_size)
-    labels = _labels_of(split)
+    labels = labels_of(split)
     if labels.shape != (batch, gh * gw):
         raise ValueError(
             f"the split covers {tuple(labels.shape)} patches but images {tuple(images.shape)} "
@@ -169,7 +174,14 @@ def save_mask_grid(
             row.append(_upsample(colour_maps[k], patch_size))
         panels.append(row)
     canvas = _assemble(panels, scale=scale, pad=pad)
-    return _write_png_atomic(Path(path), canvas)
+    figure = _with_legend(
+        canvas, lesion=lesion_masks is not None, weights=colour_maps is not None, pad=pad
+    )
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path) as file:
+        figure.save(file, format="PNG")
+    return path
 
 
 def _assemble(panels: list[list[np.ndarray]], *, scale: int, pad: int) -> np.ndarray:
@@ -188,14 +200,45 @@ def _assemble(panels: list[list[np.ndarray]], *, scale: int, pad: int) -> np.nda
     return canvas
 
 
-def _write_png_atomic(path: Path, canvas: np.ndarray) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            Image.fromarray(canvas).save(file, format="PNG")
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
+_LEGEND_HEIGHT = 14
+_LEGEND_GAP = 10
+_SWATCH = 10
+
+
+def _with_legend(canvas: np.ndarray, *, lesion: bool, weights: bool, pad: int) -> Image.Image:
+    """The grid with a one-line legend under it, widened if the legend needs more room."""
+    grey = np.array([0.5, 0.5, 0.5])
+    swatches = {
+        "visible": grey,
+        "masked": (1.0 - _MASK_BLEND) * grey + _MASK_BLEND * _MASK_TINT,
+        "thrown": _THROWN_SCALE * grey,
+    }
+    labels = [*swatches]
+    if lesion:
+        labels.append("lesion box")
+    if weights:
+        labels.append("weights: low to high")
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    widths = [_SWATCH + 3 + round(measure.textlength(label)) for label in labels]
+    legend_width = pad + sum(widths) + _LEGEND_GAP * (len(labels) - 1) + pad
+    height, width = canvas.shape[:2]
+    figure = Image.new("RGB", (max(width, legend_width), height + _LEGEND_HEIGHT + pad), "white")
+    figure.paste(Image.fromarray(canvas), (0, 0))
+    draw = ImageDraw.Draw(figure)
+    x, top = pad, height + 1
+    box_top, box_bottom = top + 1, top + _SWATCH
+    for label, label_width in zip(labels, widths, strict=True):
+        right = x + _SWATCH - 1
+        if label in swatches:
+            colour = tuple(round(255 * c) for c in swatches[label])
+            draw.rectangle((x, box_top, right, box_bottom), fill=colour)
+        elif label == "lesion box":
+            colour = tuple(round(255 * c) for c in _LESION_BOX)
+            draw.rectangle((x, box_top, right, box_bottom), outline=colour)
+        else:  # the heatmap's colours, low weight on the left
+            for i in range(_SWATCH):
+                anchor = tuple(int(c) for c in _COLORMAP[i * len(_COLORMAP) // _SWATCH])
+                draw.line((x + i, box_top, x + i, box_bottom), fill=anchor)
+        draw.text((x + _SWATCH + 3, top), label, fill="black")
+        x += label_width + _LEGEND_GAP
+    return figure

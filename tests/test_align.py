@@ -291,3 +291,23 @@ def test_bad_batched_input_is_rejected(kwargs: dict, message: str) -> None:
 def test_non_tensor_weights_are_a_type_error() -> None:
     with pytest.raises(TypeError, match="torch.Tensor"):
         align_weights([[1.0]], (0, 0, 1, 1), (1, 1), (1, 1))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"), [(float("nan"), "contain NaN"), (-0.5, "non-negative")], ids=["nan", "neg"]
+)
+def test_nan_or_negative_maps_are_refused(bad: float, message: str) -> None:
+    # Issue 12.11: align_weights passed NaN and negative maps through to the masker.
+    weights = torch.rand(2, 4, 4)
+    weights[1, 2, 2] = bad
+    with pytest.raises(ValueError, match=message):
+        align_weights(weights, torch.tensor([[0, 0, 8, 8]] * 2), (8, 8), (2, 2))
+
+
+def test_hflip_advice_fits_the_input() -> None:
+    with pytest.raises(ValueError, match=r"hflip must be a bool for weights of shape \(4, 4\)"):
+        align_weights(torch.rand(4, 4), (0, 0, 8, 8), (8, 8), (2, 2), hflip=torch.tensor([True]))
+    with pytest.raises(ValueError, match=r"a bool or a \(2,\) bool tensor"):
+        align_weights(
+            torch.rand(2, 4, 4), torch.tensor([[0, 0, 8, 8]] * 2), (8, 8), (2, 2), hflip=1
+        )

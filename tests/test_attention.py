@@ -743,3 +743,111 @@ def test_supervised_maps_concentrate_on_the_deciding_square() -> None:
     # 13-15x that share of the map mass and the peak on the square for every image.
     assert mass_inside.mean() > 5 * SQUARE**2 / IMAGE**2
     assert peak_on_square.float().mean() > 0.9
+
+
+# --- MAE wrappers: facebookresearch/mae and lightly (issue 10) ----------------------------------
+
+
+def mae_replica_pair() -> tuple[nn.Module, nn.Module]:
+    """A replica of facebookresearch/mae's MaskedAutoencoderViT, sharpened, and a timm ViT
+    loaded with its encoder weights (MAE's own conversion: same names, cls row first)."""
+    from mae_replica import mae_vit_tiny
+
+    torch.manual_seed(0)
+    mae = sharpen(mae_vit_tiny(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=4))
+    vit = timm.create_model(
+        "vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, embed_dim=32,
+        depth=2, num_heads=4, num_classes=0,
+    )  # fmt: skip
+    encoder = {k: v for k, v in mae.state_dict().items() if not k.startswith(("decoder", "mask"))}
+    vit.load_state_dict(encoder)
+    return mae, vit.eval()
+
+
+def mae_unfused_attention(mae: nn.Module, images: Tensor, block: int = -1) -> Tensor:
+    """(B, heads, N, N) softmax of an MAE block on every patch, unshuffled, timm's unfused
+    branch: the cls token with its position row, then the patches in patch order."""
+    attn = mae.blocks[block].attn
+    seen: list[Tensor] = []
+    handle = attn.attn_drop.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+    flags = {m: m.fused_attn for m in mae.modules() if hasattr(m, "fused_attn")}
+    try:
+        for module in flags:
+            module.fused_attn = False
+        with torch.no_grad():
+            x = mae.patch_embed(images) + mae.pos_embed[:, 1:]
+            x = torch.cat([(mae.cls_token + mae.pos_embed[:, :1]).expand(len(x), -1, -1), x], 1)
+            for module in mae.blocks:
+                x = module(x)
+    finally:
+        handle.remove()
+        for module, flag in flags.items():
+            module.fused_attn = flag
+    return seen[block].float()
+
+
+@pytest.mark.parametrize("block", [-1, 0])
+def test_mae_maps_match_the_unfused_reference_in_patch_order(block: int) -> None:
+    from maskkit.integrations.mae import MAEAdapter
+
+    mae, vit = mae_replica_pair()
+    images = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    attn = mae_unfused_attention(mae, images, block)
+    assert_peaked(attn)
+    expected = reference_maps(attn, num_prefix_tokens=1, grid=(4, 4))
+    maps = AttentionExtractor(mae, block=block)(images)
+    torch.testing.assert_close(maps, expected, rtol=0, atol=TOL)
+    # Patch order: the same maps as timm's ViT with the MAE's weights, which never shuffles.
+    torch.testing.assert_close(maps, AttentionExtractor(vit, block=block)(images), rtol=0, atol=TOL)
+    # The adapter has the MAE's layout and modules, so it reads the same.
+    assert torch.equal(AttentionExtractor(MAEAdapter(mae), block=block)(images), maps)
+    assert hook_counts(mae) == 0
+
+
+def test_mae_maps_do_not_depend_on_the_rng_and_capture_refuses_mae() -> None:
+    mae, _ = mae_replica_pair()
+    images = torch.randn(2, 3, 32, 32)
+    extractor = AttentionExtractor(mae)
+    torch.manual_seed(0)
+    first = extractor(images)
+    torch.manual_seed(1)
+    assert torch.equal(extractor(images), first)  # nothing random: no masking inside
+    with pytest.raises(TypeError, match="shuffled order"), extractor.capture():
+        mae(images, mask_ratio=0.0)
+    assert hook_counts(mae) == 0
+
+
+def lightly_backbone() -> tuple[nn.Module, nn.Module]:
+    pytest.importorskip("lightly")
+    from lightly.models.modules import MaskedVisionTransformerTIMM
+
+    vit = build("vit_tiny_patch16_224", **TINY)
+    backbone = MaskedVisionTransformerTIMM(vit=vit, weight_initialization="skip")
+    sharpen(backbone)  # lightly re-initialises the position table (sin-cos)
+    return backbone.eval(), vit
+
+
+def test_lightly_backbone_maps_match_timm_unfused() -> None:
+    backbone, vit = lightly_backbone()
+    images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    attn = unfused_attention(vit, images)
+    assert_peaked(attn)
+    expected = reference_maps(attn, num_prefix_tokens=1, grid=(2, 2))
+    maps = AttentionExtractor(backbone)(images)
+    torch.testing.assert_close(maps, expected, rtol=0, atol=TOL)
+    # The capture form reads a forward over every token (no idx_keep).
+    with AttentionExtractor(backbone).capture() as captured:
+        backbone.encode(images)
+    torch.testing.assert_close(captured.maps, maps, rtol=0, atol=TOL)
+    assert hook_counts(backbone) == 0
+
+
+def test_hugging_face_models_raise_a_clear_error() -> None:
+    transformers = pytest.importorskip("transformers")
+    config = transformers.ViTMAEConfig(
+        image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=64, decoder_hidden_size=32, decoder_num_hidden_layers=1,
+        decoder_num_attention_heads=2, decoder_intermediate_size=64,
+    )  # fmt: skip
+    with pytest.raises(TypeError, match="Hugging Face models .* output_attentions"):
+        AttentionExtractor(transformers.ViTMAEForPreTraining(config))

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import pickle
 import warnings
-from multiprocessing.reduction import ForkingPickler
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import torch.multiprocessing  # registers the reductions DataLoader workers use
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -124,9 +121,10 @@ def test_state_dict_round_trip_through_a_checkpoint(tmp_path: Path) -> None:
     restored.load_state_dict(torch.load(tmp_path / "bank.pt", weights_only=True))
 
     assert torch.equal(restored.weights, bank.weights)
-    # In place: shared storage (DataLoader workers, memory-mapped files) keeps working.
+    # In place: a memory-mapped bank keeps writing to its file.
     assert restored.weights.data_ptr() == storage
-    assert restored.weights.is_shared()
+    # A plain tensor: nothing in shared memory (/dev/shm), nothing for workers to see.
+    assert not restored.weights.is_shared()
 
 
 def test_load_converts_dtype_and_never_assigns() -> None:
@@ -194,13 +192,46 @@ def test_memory_mapped_bank_shares_the_file(tmp_path: Path) -> None:
     assert torch.equal(MaskWeightBank(4, GRID, path=path)[0], _maps(1, seed=5)[0])
 
 
-def test_pickled_memory_mapped_bank_reopens_the_file(tmp_path: Path) -> None:
-    # Spawned DataLoader workers receive the bank through ForkingPickler, which cannot send
-    # a file-backed storage (bad file descriptor); the worker must map the same file.
-    bank = MaskWeightBank(4, GRID, path=tmp_path / "bank.f16")
-    copy = pickle.loads(ForkingPickler.dumps(bank))
-    bank.update([1], _maps(1))
-    assert torch.equal(copy[1], _maps(1)[0])
+def test_truncated_file_is_named_on_open_and_before_reading(tmp_path: Path) -> None:
+    # Issue 12.12: a truncated file with a valid header got a misleading "layout" error, and
+    # reading a mapped page past the end of a file truncated while open raises SIGBUS.
+    path = tmp_path / "bank.f16"
+    bank = MaskWeightBank(4, GRID, path=path)
+    full = path.stat().st_size
+    with path.open("r+b") as file:
+        file.truncate(full - 8)
+    with pytest.raises(ValueError, match=f"is {full - 8} bytes but its layout .* needs {full}"):
+        bank[3]
+    with pytest.raises(ValueError, match="truncated or overwritten"):
+        bank.update([0], _maps(1))
+    with pytest.raises(ValueError, match="truncated or overwritten"):
+        MaskWeightBank(4, GRID, path=path)
+
+
+def test_a_file_with_nan_maps_is_refused_when_reopened(tmp_path: Path) -> None:
+    path = tmp_path / "bank.f16"
+    MaskWeightBank(4, GRID, path=path)
+    raw = np.memmap(path, dtype=np.float16, mode="r+", offset=256, shape=(4, *GRID))
+    raw[2, 1, 1] = np.nan
+    raw.flush()
+    del raw
+    with pytest.raises(ValueError, match="bank.f16 is corrupt: weights contain NaN"):
+        MaskWeightBank(4, GRID, path=path)
+
+
+def test_file_is_written_with_the_umask(tmp_path: Path) -> None:
+    path = tmp_path / "bank.f16"
+    MaskWeightBank(2, GRID, path=path)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~_umask()
+    assert [p.name for p in tmp_path.iterdir()] == ["bank.f16"]  # no temporary left
+
+
+def _umask() -> int:
+    import os
+
+    current = os.umask(0)
+    os.umask(current)
+    return current
 
 
 @pytest.mark.parametrize(
@@ -349,6 +380,21 @@ def test_refresh_needs_an_extractor_with_a_model() -> None:
     bank = MaskWeightBank(2, GRID)
     with pytest.raises(TypeError, match="model"):
         bank.refresh(_expected_maps, [], progress=False)
+
+
+def test_refresh_names_nan_images_as_the_cause() -> None:
+    # Issue 12.11: NaN pixels gave NaN maps and the refresh blamed the weights.
+    images = _images(6)
+    images[4, 0, 2, 3] = float("nan")
+    bank = MaskWeightBank(6, GRID)
+    with pytest.raises(ValueError, match=r"images of dataset indices \[3, 4, 5\].*NaN or Inf"):
+        bank.refresh(_FakeExtractor(), _loader(images), progress=False)
+    assert torch.equal(bank[torch.arange(6)], torch.ones(6, *GRID))
+
+
+def test_empty_index_list_reads_nothing() -> None:
+    bank = MaskWeightBank(3, GRID)
+    assert bank[[]].shape == (0, *GRID)
 
 
 def test_progress_bar_only_when_asked(capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,4 +1,5 @@
-"""Benchmarks (issue 6): the baselines are correct, and the quick run writes a complete JSON.
+"""Benchmarks (issues 6, 15): the baselines are correct, the timing interleaves candidates,
+and the quick run writes a complete JSON.
 
 No timing is asserted (timings belong in the results files, not in tests); the FLOP counts
 are deterministic and are checked against a count by hand.
@@ -10,6 +11,8 @@ import importlib
 import json
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
@@ -48,7 +51,6 @@ MASKING_CANDIDATES = {
     "amt_path",
     "gather_maskkit",
     "gather_amt_boolean",
-    "gather_index_select",
 }
 
 
@@ -81,30 +83,53 @@ def test_amt_sampling_and_loop_partition_the_patches(mask_ratio: float, throw_ra
     assert torch.equal(labels.gather(1, order[:, :n_masked]), torch.ones(16, n_masked).to(labels))
 
 
-def test_boolean_and_row_gathers_select_the_same_tokens_as_maskkits_gather() -> None:
+def test_boolean_gather_selects_the_same_tokens_as_maskkits_gather() -> None:
     bench_masking = _load("bench_masking")
     x = torch.randn(4, 196, 8)
     split = SAMMasker()(4, 196, torch.rand(4, 196) + 0.01)
     by_boolean = x[split.is_visible()].reshape(4, -1, 8)
     # Boolean indexing returns patches in index order; maskkit keeps draw order.
     assert torch.equal(by_boolean, gather_tokens(x, split.visible.sort(1).values))
-    assert torch.equal(bench_masking.gather_rows(x, split.visible), gather_tokens(x, split.visible))
     assert bench_masking.split_problem(split, 49) is None
     broken = split._replace(ids_shuffle=torch.zeros_like(split.ids_shuffle))
     assert bench_masking.split_problem(broken, 49) == "ids_shuffle rows are not permutations"
 
 
-def test_compare_interleaves_and_reports_every_sample() -> None:
+def test_measure_interleaves_rounds_of_torch_benchmark_timers() -> None:
     common = _load("common")
     calls: list[str] = []
-    candidates = {name: (lambda name=name: calls.append(name)) for name in ("a", "b", "c")}
-    result = common.compare(candidates, torch.device("cpu"), repeats=3, warmup=0, target_ms=0.0)
-    assert set(result) == {"a", "b", "c"}
-    assert all(len(entry["samples_ms"]) == 3 and entry["inner"] == 1 for entry in result.values())
-    # Repeat r starts at candidate r: every candidate runs first once.
-    assert calls == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]
+
+    def candidate(name: str) -> Callable[[], None]:
+        def call() -> None:
+            calls.append(name)
+            time.sleep(2e-3)  # longer than min_run_time: one-call blocks
+
+        return call
+
+    result = common.measure(
+        {name: candidate(name) for name in "abc"}, label="t", rounds=3, min_run_time=1e-3, warmup=0
+    )
+    # blocked_autorange runs each candidate in a burst (block-size search, then blocks);
+    # round r starts at candidate r, so every candidate runs first once.
+    bursts = [name for i, name in enumerate(calls) if i == 0 or calls[i - 1] != name]
+    assert bursts == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]
+    for name, measurement in result.items():
+        assert measurement.task_spec.description == name and measurement.task_spec.label == "t"
+        entry = common.to_json(measurement)
+        assert len(entry["samples_ms"]) == 3 and entry["calls_per_sample"] == [1, 1, 1]
+        assert entry["min_ms"] <= entry["median_ms"] <= entry["max_ms"]
+        assert entry["median_ms"] >= 2.0
     assert common.device_slug("NVIDIA H100 80GB HBM3") == "nvidia-h100-80gb-hbm3"
     assert common.ratio(3.0, 0.0) is None and common.ratio(3.0, 1.5) == 2.0
+
+
+def test_write_json_replaces_the_file_whole(tmp_path: Path) -> None:
+    common = _load("common")
+    out = tmp_path / "results" / "cpu.json"
+    common.write_json(out, {"device": "cpu"})
+    common.write_json(out, {"device": "cpu", "quick": True})
+    assert json.loads(out.read_text()) == {"device": "cpu", "quick": True}
+    assert [path.name for path in out.parent.iterdir()] == ["cpu.json"]
 
 
 def _linear_conv_macs(width: int, depth: int, tokens: int, num_classes: int) -> int:
@@ -113,6 +138,7 @@ def _linear_conv_macs(width: int, depth: int, tokens: int, num_classes: int) -> 
     return patch_embed + depth * tokens * per_token_block + width * num_classes
 
 
+@pytest.mark.slow
 def test_quick_run_writes_the_full_schema(tmp_path: Path) -> None:
     out = tmp_path / "quick.json"
     command = [sys.executable, str(BENCHMARKS / "run.py"), "--device", "cpu", "--quick"]
@@ -129,6 +155,8 @@ def test_quick_run_writes_the_full_schema(tmp_path: Path) -> None:
 
     assert results["device"] == "cpu" and results["quick"] is True
     assert results["host"]["torch_threads"] == 1
+    assert len(results["host"]["load_average_end_1_5_15min"]) == 3
+    assert "_measurements" not in json.dumps(results)  # Measurement objects stay in memory
     assert {"torch", "timm", "maskkit", "python", "platform"} <= set(results["versions"])
     summary = results["summary"]
     assert set(summary) >= SUMMARY_KEYS
@@ -139,11 +167,23 @@ def test_quick_run_writes_the_full_schema(tmp_path: Path) -> None:
         goal = summary["goals"][key]
         assert goal["value"] == summary[key] and isinstance(goal["met"], bool)
 
+    # Issue 13's strategies: their headline ratios and targets join the run's summary.
+    strategies = results["strategies"]
+    strategy_keys = set(strategies["targets"])
+    assert {"block_vs_beit_reference", "hpm_vs_hpm_reference"} <= strategy_keys
+    assert set(summary) == SUMMARY_KEYS | strategy_keys | {"scope", "goals"}
+    for key in strategy_keys:
+        assert summary[key] == strategies["summary"][key] > 0, key
+        assert isinstance(strategies["targets"][key]["met"], bool)
+    assert set(strategies["medians_ms"]) == set(strategies["ratios"])
+
     masking = results["masking"]
     headline = masking["timings"]["B256_L196"]
     assert set(headline) == MASKING_CANDIDATES
-    repeats = masking["settings"]["repeats"]
-    assert all(len(entry["samples_ms"]) == repeats for entry in headline.values())
+    rounds = masking["settings"]["rounds"]
+    for entry in headline.values():
+        assert len(entry["calls_per_sample"]) == rounds <= len(entry["samples_ms"])
+        assert entry["median_ms"] > 0 and entry["iqr_ms"] >= 0
     assert summary["sam_vs_mae_floor"] == pytest.approx(
         headline["maskkit_sam"]["median_ms"] / headline["mae_floor"]["median_ms"]
     )
@@ -152,6 +192,7 @@ def test_quick_run_writes_the_full_schema(tmp_path: Path) -> None:
 
     pretrain = results["pretrain"]
     timings = pretrain["timings"]
+    assert pretrain["config"]["model"] == "maskkit.mae.MaskedAutoencoder(cls_loss_weight=0.1)"
     assert summary["pretrain_masking_share"] == pytest.approx(
         timings["masking"]["median_ms"] / timings["pretrain_step"]["median_ms"]
     )
@@ -163,6 +204,9 @@ def test_quick_run_writes_the_full_schema(tmp_path: Path) -> None:
     for kind, tokens in (("full", 197), ("sam", 50)):
         expected = _linear_conv_macs(width, depth, tokens, config["num_classes"])
         assert flops[kind]["linear_conv_gmacs"] == pytest.approx(expected / 1e9, rel=1e-9)
+        # Q Kᵀ and P V in every block, counted whatever the torch version (CPU SDPA kernel).
+        attention = depth * 2 * tokens**2 * width
+        assert flops[kind]["attention_gmacs"] == pytest.approx(attention / 1e9, rel=1e-6)
         assert flops[kind]["gmacs"] == pytest.approx(flops[kind]["gflops"] / 2)
     assert summary["finetune_flops_ratio"] == pytest.approx(
         flops["sam"]["gflops"] / flops["full"]["gflops"]

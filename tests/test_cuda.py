@@ -26,7 +26,7 @@ def test_weighted_sampling_never_syncs(masker: SAMMasker, sync_errors: None) -> 
     generator = torch.Generator(device="cuda").manual_seed(0)
     split = masker(256, 196, weights, generator=generator)
     x = torch.randn(256, 196, 64, device="cuda")
-    split.gather_visible(x), split.mask(), split.kept(), split.is_thrown()
+    split.gather_visible(x), split.loss_mask(), split.kept(), split.is_thrown()
     assert split.visible.device.type == "cuda"
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import inspect
 import re
 import runpy
 import shlex
@@ -33,7 +34,7 @@ PAGES = sorted(DOCS.rglob("*.md"))
 INCLUDE = re.compile(r'^(?P<indent>[ \t]*)--8<-- "(?P<path>[^"]+)"[ \t]*$', re.MULTILINE)
 # Scripts that are not page snippets run as they are: generators of docs content, and the
 # torchrun example, which needs several processes.
-GENERATORS = {"make_masks_figure.py", "make_benchmarks_page.py"}
+GENERATORS = {"make_masks_figure.py", "make_benchmarks_page.py", "make_strategy_figures.py"}
 DISTRIBUTED = {"distributed_refresh.py"}
 
 
@@ -77,6 +78,7 @@ def test_snippet_runs(path: Path) -> None:
     runpy.run_path(str(path), run_name="__main__")
 
 
+@pytest.mark.slow
 def test_distributed_snippet_under_torchrun() -> None:
     script = SNIPPETS / "distributed_refresh.py"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
@@ -112,7 +114,7 @@ def _script_and_args(argv: list[str]) -> tuple[Path, list[str]]:
 
 @pytest.fixture
 def scripts_importable(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    # The recipes import their siblings (engine_*, models_msmae, util) as top-level modules
+    # The recipes import their siblings (engine_*, models_msmae, msmae_util) as top-level modules
     # and benchmarks/run.py extends sys.path itself; monkeypatch restores sys.path, and the
     # scripts' own modules are dropped so that they cannot shadow other tests' imports.
     monkeypatch.syspath_prepend(str(ROOT / "examples"))
@@ -126,7 +128,7 @@ def scripts_importable(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 def test_pages_show_commands() -> None:
     scripts = {_script_and_args(argv)[0].name for _, argv in _page_commands()}
-    assert {"main_pretrain.py", "main_finetune.py", "dropin_mae.py"} <= scripts
+    assert {"main_pretrain.py", "main_finetune.py"} <= scripts
 
 
 @pytest.mark.usefixtures("scripts_importable")
@@ -152,6 +154,15 @@ def test_page_command_parses(page: str, argv: list[str]) -> None:
 AUTODOC = re.compile(r"^::: (?P<path>[\w.]+)$", re.MULTILINE)
 
 
+def _resolve(path: str) -> Any:
+    """The object a ``::: path`` entry renders: a module, or a name in its module."""
+    try:
+        return importlib.import_module(path)
+    except ModuleNotFoundError:
+        module, _, name = path.rpartition(".")
+        return getattr(importlib.import_module(module), name)
+
+
 def _documented() -> list[str]:
     return [
         m["path"]
@@ -160,21 +171,52 @@ def _documented() -> list[str]:
     ]
 
 
-def test_api_reference_covers_every_public_name() -> None:
-    documented = set()
-    for path in _documented():
-        module, _, name = path.rpartition(".")
-        documented.add(id(getattr(importlib.import_module(module), name)))
+def _index_table(heading: str) -> str:
+    """The Markdown of one section of docs/api/index.md."""
+    text = (DOCS / "api" / "index.md").read_text()
+    section = text.split(f"## {heading}\n", 1)[1]
+    return section.split("\n## ", 1)[0]
+
+
+def test_top_level_api_and_its_docs_match_both_ways() -> None:
+    # The index promises `from maskkit import <name>` for exactly these names (v0.1's docs
+    # promised SplitCounts, which did not import).
+    promised = set(re.findall(r"`(\w+)`", _index_table("Top level")))
+    assert promised == set(maskkit.__all__), (
+        f"index lists names maskkit does not export: {sorted(promised - set(maskkit.__all__))}; "
+        f"exported but not listed: {sorted(set(maskkit.__all__) - promised)}"
+    )
+    for name in maskkit.__all__:
+        assert hasattr(maskkit, name), f"maskkit.__all__ names {name}, which does not import"
+    documented = {id(_resolve(path)) for path in _documented()}
     missing = sorted(
         name for name in maskkit.__all__ if id(getattr(maskkit, name)) not in documented
     )
     assert not missing, f"public names without an API entry in docs/api/: {missing}"
 
 
+def test_every_listed_submodule_is_documented_in_full() -> None:
+    modules = re.findall(r"^\| `(maskkit[\w.]*)` \|", _index_table("Submodules"), re.MULTILINE)
+    assert modules, "the index lists no submodule"
+    documented = set(_documented())
+    for module_name in modules:
+        module = importlib.import_module(module_name)
+        own = [  # classes and functions defined here (not re-exports, aliases, constants)
+            name
+            for name in module.__all__
+            if (inspect.isclass(obj := getattr(module, name)) or inspect.isfunction(obj))
+            and obj.__module__ == module_name
+        ]
+        missing = [name for name in own if f"{module_name}.{name}" not in documented]
+        assert not missing, f"{module_name} names without an API entry: {missing}"
+
+
 def test_api_reference_names_the_defining_module() -> None:
     for path in _documented():
-        module, _, name = path.rpartition(".")
-        obj = getattr(importlib.import_module(module), name)
+        obj = _resolve(path)
+        if inspect.ismodule(obj):
+            continue
+        module = path.rpartition(".")[0]
         assert getattr(obj, "__module__", module) == module, f"{path} is defined elsewhere"
 
 
@@ -212,9 +254,25 @@ def test_masks_figure_matches_its_script_and_caption(tmp_path: Path) -> None:
     assert rates["sam_masked"] > rates["random_masked"]
 
 
+@pytest.mark.slow
+def test_strategy_figures_match_their_script(tmp_path: Path) -> None:
+    make_figures = _load(SNIPPETS / "make_strategy_figures.py")["make_figures"]
+    written = make_figures(tmp_path)
+    committed = DOCS / "assets" / "strategies"
+    assert sorted(p.name for p in written.values()) == sorted(p.name for p in committed.iterdir())
+    for path in written.values():
+        fresh = np.asarray(Image.open(path).convert("RGB")).astype(int)
+        old = np.asarray(Image.open(committed / path.name).convert("RGB")).astype(int)
+        assert fresh.shape == old.shape and np.abs(fresh - old).max() <= 2, (
+            f"docs/assets/strategies/{path.name} is stale: run "
+            "python docs/snippets/make_strategy_figures.py"
+        )
+
+
 # ---- the site ------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_mkdocs_build_strict(tmp_path: Path) -> None:
     if importlib.util.find_spec("mkdocs") is None:
         pytest.skip("mkdocs is not installed (pip install -e '.[docs]')")

@@ -59,7 +59,7 @@ def check_partition(split: MaskSplit, batch_size: int, num_patches: int) -> None
 
 ratio_pairs = st.tuples(
     st.floats(0.0, 1.0, allow_nan=False), st.floats(0.0, 1.0, allow_nan=False)
-).filter(lambda pair: pair[0] + pair[1] <= 1.0)
+).filter(lambda pair: pair[0] + pair[1] < 1.0 and not math.isclose(pair[0] + pair[1], 1.0))
 
 
 @settings(max_examples=150, deadline=None)
@@ -78,7 +78,7 @@ def test_partition_is_exact_and_counts_follow_rule(
     seed: int,
 ) -> None:
     mask_ratio, throw_ratio = ratios
-    n_visible = int(num_patches * (1 - mask_ratio - throw_ratio))
+    n_visible = int(num_patches * (1 - (mask_ratio + throw_ratio)))
     generator = torch.Generator().manual_seed(seed)
     weights = torch.rand(batch_size, num_patches, generator=generator) if weighted else None
     masker = SAMMasker(mask_ratio, throw_ratio)
@@ -95,6 +95,28 @@ def test_partition_is_exact_and_counts_follow_rule(
     else:
         assert split.masked.shape[1] == min(int(num_patches * mask_ratio), num_patches - n_visible)
         assert split.thrown.shape[1] == num_patches - n_visible - split.masked.shape[1]
+
+
+def test_visible_count_is_maes_and_hugging_faces_for_the_summed_ratio() -> None:
+    # MAE and HF ViTMAE keep int(L * (1 - mask_ratio)); a split with (m, t) must keep what
+    # they keep with mask_ratio = m + t (issue: int(L * (1 - m - t)) kept one fewer).
+    grid = [i / 100 for i in range(100)]
+    differs_from_old_rule = 0
+    for num_patches in (16, 49, 64, 196, 256, 576, 784):
+        for mask_ratio in grid:
+            for throw_ratio in grid:
+                total = mask_ratio + throw_ratio
+                host_keeps = int(num_patches * (1 - total))
+                if total >= 1 or math.isclose(total, 1.0) or host_keeps < 1:
+                    continue
+                counts = split_counts(num_patches, mask_ratio, throw_ratio)
+                assert counts.visible == host_keeps
+                assert sum(counts) == num_patches and min(counts) >= 0
+                differs_from_old_rule += host_keeps != int(
+                    num_patches * (1.0 - mask_ratio - throw_ratio)
+                )
+    assert differs_from_old_rule > 0  # the grid holds the cases the old rule got wrong
+    assert split_counts(196, 0.55, 0.20).visible == split_counts(196, 0.45, 0.30).visible == 49
 
 
 def test_counts_match_the_papers_settings() -> None:
@@ -234,7 +256,7 @@ def test_random_masker_equals_mae_random_masking_for_the_same_noise() -> None:
     split = RandomMasker(ratio)(batch, num_patches, generator=torch.Generator().manual_seed(9))
     assert torch.equal(split.visible, mae_shuffle[:, :len_keep])
     assert torch.equal(split.ids_restore, mae_restore)
-    assert torch.equal(split.mask(), mae_mask)
+    assert torch.equal(split.loss_mask(), mae_mask)
 
 
 def test_device_argument_places_the_split() -> None:

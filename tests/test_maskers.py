@@ -23,7 +23,8 @@ def test_defaults_follow_the_papers() -> None:
     [
         (-0.1, 0.2, "mask_ratio must lie in"),
         (0.5, 1.5, "throw_ratio must lie in"),
-        (0.7, 0.4, "at most 1"),
+        (0.7, 0.4, "must be below 1"),
+        (0.7, 0.3, "must be below 1"),  # nothing visible for any L: rejected when built
         (float("nan"), 0.1, "mask_ratio must lie in"),
     ],
 )
@@ -39,23 +40,42 @@ def test_non_numeric_ratio_is_a_type_error() -> None:
         SAMMasker("0.4", 0.3)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="mask_ratio must lie in"):
         RandomMasker(1.2)
+    with pytest.raises(ValueError, match="must be below 1"):
+        RandomMasker(1.0)
 
 
 def test_split_without_visible_patch_is_rejected() -> None:
-    with pytest.raises(ValueError, match="no visible patch"):
-        SAMMasker(0.5, 0.5)(2, 196)
-    with pytest.raises(ValueError, match="no visible patch"):
+    # Possible ratios that leave nothing visible for this L fail at the call, naming L.
+    with pytest.raises(ValueError, match="no visible patch out of 196"):
+        SAMMasker(0.5, 0.499)(2, 196)
+    with pytest.raises(ValueError, match="no visible patch out of 5"):
         RandomMasker(0.9)(2, 5)
 
 
 @pytest.mark.parametrize(
-    "bad_value", [float("nan"), float("inf"), -1.0, -1e-12], ids=["nan", "inf", "neg", "tiny-neg"]
+    ("bad_value", "message"),
+    [
+        (float("nan"), "contain NaN; attention maps come out NaN"),
+        (float("inf"), "contain Inf"),
+        (-1.0, "non-negative, found -1.0"),
+        (-1e-12, "non-negative"),
+    ],
+    ids=["nan", "inf", "neg", "tiny-neg"],
 )
-def test_bad_weight_values_raise_on_cpu(bad_value: float) -> None:
+def test_bad_weight_values_raise_on_cpu(bad_value: float, message: str) -> None:
     weights = torch.rand(3, 16)
     weights[1, 5] = bad_value
-    with pytest.raises(ValueError, match="finite and non-negative"):
+    with pytest.raises(ValueError, match=message):
         SAMMasker()(3, 16, weights)
+
+
+def test_finite_weights_beyond_float32_are_named_as_such() -> None:
+    weights = torch.rand(3, 16, dtype=torch.float64)
+    weights[2, 3] = 1e39  # finite in float64, Inf once sampled in float32
+    with pytest.raises(ValueError, match="exceed float32's range"):
+        SAMMasker()(3, 16, weights)
+    split = SAMMasker()(3, 16, weights / 1e39)  # rescaled, fine
+    assert split.visible.shape == (3, 4)
 
 
 def test_value_check_can_be_switched_off() -> None:
@@ -96,9 +116,10 @@ def test_random_masker_refuses_weights() -> None:
 
 @pytest.mark.parametrize("bad", [0, -3, 2.5, True])
 def test_bad_sizes_are_rejected(bad: object) -> None:
-    with pytest.raises(ValueError, match="positive int"):
+    error = TypeError if isinstance(bad, (bool, float)) else ValueError
+    with pytest.raises(error, match="batch_size must be an int"):
         SAMMasker()(bad, 16)  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="positive int"):
+    with pytest.raises(error, match="num_patches must be an int"):
         SAMMasker()(2, bad)  # type: ignore[arg-type]
 
 
@@ -122,21 +143,33 @@ def test_helpers_agree_with_the_indices(
         assert torch.equal(
             gather_tokens(x[..., 0], split.visible)[row], x[row, split.visible[row], 0]
         )
-        kept_expected = torch.sort(torch.cat([split.visible[row], split.masked[row]])).values
-        assert torch.equal(split.kept()[row], kept_expected)
         assert set(split.is_thrown()[row].nonzero().flatten().tolist()) == set(
             split.thrown[row].tolist()
         )
         assert set(split.is_visible()[row].nonzero().flatten().tolist()) == set(
             split.visible[row].tolist()
         )
-    mask = split.mask()
+    mask = split.loss_mask()
     assert mask.dtype == torch.float32
     assert torch.equal(mask.bool(), split.is_masked())
     assert torch.equal(
         split.is_visible() | split.is_masked() | split.is_thrown(),
         torch.ones(batch_size, num_patches, dtype=torch.bool),
     )
-    assert split.mask(torch.bfloat16).dtype == torch.bfloat16
+    assert split.loss_mask(torch.bfloat16).dtype == torch.bfloat16
     assert split.num_patches == num_patches
     assert all(torch.equal(a, b) for a, b in zip(split.to("cpu"), split))
+
+
+def test_tokens_of_the_wrong_shape_are_refused_not_shifted() -> None:
+    # Issue 12.9: (B, 1 + L, D) with the cls token still in gathered shifted tokens, and
+    # (B, L - 1, D) a neighbouring sample's token, silently.
+    split = SAMMasker()(2, 16, torch.rand(2, 16))
+    with pytest.raises(ValueError, match=r"1 token\(s\) too many: drop the prefix"):
+        split.gather_visible(torch.randn(2, 17, 8))
+    with pytest.raises(ValueError, match=r"expected \(2, 16, ...\)"):
+        split.gather_masked(torch.randn(2, 15, 8))
+    with pytest.raises(ValueError, match=r"expected \(2, 16, ...\)"):
+        split.gather_visible(torch.randn(3, 16, 8))
+    with pytest.raises(ValueError, match="the same B"):
+        gather_tokens(torch.randn(3, 16, 8), split.visible)

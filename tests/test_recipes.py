@@ -1,7 +1,11 @@
-"""The MSMAE recipes in examples/: model, loss, schedules, scripts end to end, resume, data."""
+"""The MSMAE recipes in examples/: models, optimizer and schedule, engines, scripts end to end.
+
+The pre-training model itself (maskkit.mae.MaskedAutoencoder) is tested in test_mae.py.
+"""
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import sys
@@ -11,10 +15,18 @@ from typing import Any
 
 import pytest
 import torch
-import torch.nn.functional as F
 from PIL import Image
+from torch.utils.data import DataLoader
 
-from maskkit import MaskSplit, SAMMasker, patchify, unpatchify
+from maskkit import (
+    CropDataset,
+    MaskWeightBank,
+    PairedRandomResizedCrop,
+    RandomMasker,
+    SAMMasker,
+    align_weights,
+)
+from maskkit.mae import MaskedAutoencoder
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 sys.path.insert(0, str(EXAMPLES))
@@ -24,17 +36,15 @@ import engine_pretrain  # noqa: E402
 import main_finetune  # noqa: E402
 import main_pretrain  # noqa: E402
 import quickstart  # noqa: E402
-from models_msmae import (  # noqa: E402
-    MSMAE,
-    VisibleTokenClassifier,
-    create_vit,
-    load_pretrained_encoder,
+from models_msmae import VisibleTokenClassifier, create_vit, load_pretrained_encoder  # noqa: E402
+from msmae_util import outputs  # noqa: E402
+from msmae_util.data import train_loader  # noqa: E402
+from msmae_util.runtime import (  # noqa: E402
+    DistributedContext,
+    amp_settings,
+    cosine_scheduler,
 )
-from util import checkpoint as checkpoint_util  # noqa: E402
-from util.amp import amp_settings  # noqa: E402
-from util.log import JsonLinesLog  # noqa: E402
-from util.lr_sched import WarmupCosineSchedule  # noqa: E402
-from util.optim import build_adamw  # noqa: E402
+from timm.optim import create_optimizer_v2  # noqa: E402
 
 # 32 px images in 8 px patches: a 4 x 4 grid, 16 patches (4 visible, 7 masked, 5 thrown).
 TINY = ["--model", "vit_micro_patch8_64", "--input_size", "32", "--num_workers", "0"]
@@ -65,98 +75,22 @@ def read_log(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def tiny_msmae(*, norm_pix_loss: bool = False, cls_loss_weight: float = 0.1) -> MSMAE:
+def tiny_mae(cls_loss_weight: float = 0.1) -> MaskedAutoencoder:
     torch.manual_seed(0)
-    encoder = create_vit("vit_micro_patch8_64", img_size=32, num_classes=3, global_pool="token")
-    model = MSMAE(
-        encoder=encoder,
-        decoder_dim=32,
-        decoder_depth=2,
-        decoder_num_heads=2,
-        norm_pix_loss=norm_pix_loss,
-        cls_loss_weight=cls_loss_weight,
-    )
-    return model.eval()
+    args = pretrain_args(Path("unused"), "--cls_loss_weight", str(cls_loss_weight))
+    return main_pretrain.build_model(args, num_classes=3).eval()
 
 
-def tiny_batch() -> tuple[torch.Tensor, torch.Tensor, MaskSplit]:
-    generator = torch.Generator().manual_seed(1)
-    images = torch.randn(3, 3, 32, 32, generator=generator)
-    targets = torch.tensor([0, 1, 2])
-    weights = torch.rand(3, 16, generator=generator)
-    split = SAMMasker(0.45, 0.30)(3, 16, weights, generator=generator)
-    return images, targets, split
+def tiny_vit() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return create_vit("vit_micro_patch8_64", img_size=32, num_classes=3, global_pool="avg")
 
 
-def perturb_patches(images: torch.Tensor, patches: torch.Tensor, sample: int) -> torch.Tensor:
-    """Add noise to the given patches of one sample, leaving every other pixel unchanged."""
-    pixels = patchify(images, 8).clone()
-    pixels[sample, patches] += 5.0 * torch.randn_like(pixels[sample, patches])
-    return unpatchify(pixels, 8, (4, 4))
+def schedule_args(**values: float) -> argparse.Namespace:
+    return argparse.Namespace(**{"epochs": 10, "warmup_epochs": 2, "min_lr": 0.1, **values})
 
 
-# ----------------------------------------------------------------------------- model
-
-
-@pytest.mark.parametrize("norm_pix_loss", [False, True])
-def test_thrown_patches_take_no_part_in_the_loss(norm_pix_loss: bool) -> None:
-    model = tiny_msmae(norm_pix_loss=norm_pix_loss)
-    images, targets, split = tiny_batch()
-    with torch.no_grad():
-        base = model(images, targets, split)
-        thrown = model(perturb_patches(images, split.thrown[0], 0), targets, split)
-        masked = model(perturb_patches(images, split.masked[0, :1], 0), targets, split)
-        visible = model(perturb_patches(images, split.visible[0, :1], 0), targets, split)
-    # Thrown pixels reach neither encoder, decoder nor loss: every output is bit-identical.
-    for name in ("loss", "recon_loss", "cls_loss", "pred", "logits"):
-        assert torch.equal(getattr(thrown, name), getattr(base, name)), name
-    # A masked patch is a reconstruction target only: the encoder never sees it.
-    assert torch.equal(masked.logits, base.logits)
-    assert torch.equal(masked.pred, base.pred)
-    assert masked.recon_loss != base.recon_loss
-    # A visible patch feeds the encoder, so both the head and the predictions move.
-    assert not torch.equal(visible.logits, base.logits)
-    assert not torch.equal(visible.pred, base.pred)
-
-
-def test_decoder_matches_an_unshuffled_mae_decoder() -> None:
-    """Reference: MAE's layout (tokens put back in patch order with ids_restore, thrown
-    positions then dropped); attention is permutation-equivariant, so both must agree."""
-    model = tiny_msmae()
-    images, _, split = tiny_batch()
-    with torch.no_grad():
-        latent = model.forward_encoder(images, split)
-        pred = model.forward_decoder(latent, split)
-        x = model.decoder_embed(latent)
-        prefix, visible = x[:, :1], x[:, 1:]
-        batch, num_masked = split.masked.shape
-        num_thrown = split.thrown.shape[1]
-        mask_tokens = model.mask_token.expand(batch, num_masked + num_thrown, -1)
-        full = torch.cat([visible, mask_tokens], dim=1)  # in ids_shuffle order
-        full = torch.gather(full, 1, split.ids_restore[..., None].expand(-1, -1, x.shape[-1]))
-        full = full + model.decoder_pos_embed  # patch order now
-        kept = split.kept()  # sorted non-thrown patches
-        tokens = torch.gather(full, 1, kept[..., None].expand(-1, -1, x.shape[-1]))
-        out = model.decoder_blocks(torch.cat([prefix, tokens], dim=1))
-        out = model.decoder_pred(model.decoder_norm(out))[:, 1:]
-        # Rows of `out` follow `kept`; pick the masked patches in split.masked order.
-        where = (kept[:, None, :] == split.masked[:, :, None]).float().argmax(-1)
-        reference = torch.gather(out, 1, where[..., None].expand(-1, -1, out.shape[-1]))
-    torch.testing.assert_close(pred, reference, rtol=1e-4, atol=1e-5)
-
-
-def test_loss_is_mse_on_masked_patches_plus_weighted_cross_entropy_on_logits() -> None:
-    model = tiny_msmae(cls_loss_weight=0.1)
-    images, targets, split = tiny_batch()
-    with torch.no_grad():
-        out = model(images, targets, split)
-    target = torch.stack([patchify(images, 8)[b, split.masked[b]] for b in range(3)])
-    torch.testing.assert_close(out.recon_loss, ((out.pred - target) ** 2).mean())
-    # Cross-entropy of the raw logits, not of softmax outputs (the released code's bug).
-    torch.testing.assert_close(out.cls_loss, F.cross_entropy(out.logits, targets))
-    assert not torch.allclose(out.cls_loss, F.cross_entropy(out.logits.softmax(-1), targets))
-    torch.testing.assert_close(out.loss, out.recon_loss + 0.1 * out.cls_loss)
-    assert out.pred.shape == (3, split.masked.shape[1], 8 * 8 * 3)
+# ------------------------------------------------------------------------ models
 
 
 def test_create_vit_names_an_unknown_model() -> None:
@@ -171,25 +105,20 @@ def test_amp_is_refused_on_cpu() -> None:
     assert dtype is None and not scaler.is_enabled()
 
 
-def test_msmae_rejects_an_encoder_without_a_cls_head() -> None:
-    encoder = create_vit("vit_micro_patch8_64", img_size=32, num_classes=3, global_pool="avg")
-    with pytest.raises(ValueError, match="global_pool='token'"):
-        MSMAE(encoder=encoder)
-
-
 def test_visible_token_classifier_with_every_token_is_timm_forward() -> None:
-    torch.manual_seed(0)
-    vit = create_vit("vit_micro_patch8_64", img_size=32, num_classes=3, global_pool="avg").eval()
+    vit = tiny_vit().eval()
     images = torch.randn(2, 3, 32, 32)
     every = torch.arange(16).expand(2, 16)
+    classifier = VisibleTokenClassifier(vit)
+    assert classifier.grid == (4, 4) and classifier.patch_size == 8
     with torch.no_grad():
         reference = vit(images)
-        torch.testing.assert_close(VisibleTokenClassifier(vit)(images), reference)
-        torch.testing.assert_close(VisibleTokenClassifier(vit)(images, every), reference)
+        torch.testing.assert_close(classifier(images), reference)
+        torch.testing.assert_close(classifier(images, every), reference)
 
 
 def test_load_pretrained_encoder_copies_weights_and_names_bad_keys() -> None:
-    state = tiny_msmae().state_dict()
+    state = tiny_mae().state_dict()
     vit = create_vit("vit_micro_patch8_64", img_size=32, num_classes=5, global_pool="avg")
     load_pretrained_encoder(vit, state)
     for name, value in vit.state_dict().items():
@@ -206,80 +135,119 @@ def test_load_pretrained_encoder_copies_weights_and_names_bad_keys() -> None:
         load_pretrained_encoder(vit, vit.state_dict())
 
 
-# ------------------------------------------------------------------ optimiser, schedule
+# ------------------------------------------------------- optimizer and lr schedule
 
 
-def test_warmup_cosine_schedule_values() -> None:
-    schedule = WarmupCosineSchedule(lr=1.0, min_lr=0.1, warmup_epochs=2, epochs=10)
-    assert schedule(0.0) == 0.0
-    assert schedule(1.0) == pytest.approx(0.5)
-    assert schedule(2.0) == pytest.approx(1.0)
-    assert schedule(6.0) == pytest.approx(0.55)  # half-way down the cosine
-    assert schedule(10.0) == pytest.approx(0.1)
-    with pytest.raises(ValueError, match="min_lr"):
-        WarmupCosineSchedule(lr=0.1, min_lr=1.0, warmup_epochs=0, epochs=1)
+def mae_lr(lr: float, min_lr: float, warmup_epochs: float, epochs: int, epoch: float) -> float:
+    """facebookresearch/mae util/lr_sched.adjust_learning_rate, written out."""
+    if epoch < warmup_epochs:
+        return lr * epoch / warmup_epochs
+    progress = (epoch - warmup_epochs) / (epochs - warmup_epochs)
+    return min_lr + (lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def test_cosine_scheduler_is_maes_per_iteration_schedule_with_layer_scales() -> None:
+    params = [torch.nn.Parameter(torch.zeros(1)) for _ in range(2)]
+    optimizer = torch.optim.AdamW(
+        [{"params": params[:1], "lr_scale": 0.25}, {"params": params[1:]}], lr=1.0
+    )
+    steps = 7
+    scheduler = cosine_scheduler(optimizer, schedule_args(), steps)
+    for update in range(10 * steps):
+        scheduler.step_update(update)
+        expected = mae_lr(1.0, 0.1, 2, 10, update / steps)
+        assert optimizer.param_groups[1]["lr"] == pytest.approx(expected, rel=1e-12, abs=1e-15)
+        assert optimizer.param_groups[0]["lr"] == pytest.approx(0.25 * expected, rel=1e-12)
+
+
+def test_cosine_scheduler_state_restores_exactly(tmp_path: Path) -> None:
+    def build(lr: float, epochs: int) -> tuple[torch.optim.Optimizer, Any]:
+        optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=lr)
+        return optimizer, cosine_scheduler(optimizer, schedule_args(epochs=epochs), 5)
+
+    optimizer, scheduler = build(1.0, 10)
+    # Through a checkpoint file: the state is plain types, read by the safe unpickler.
+    outputs.save_checkpoint(tmp_path / "c.pth", {"lr_scheduler": scheduler.state_dict()})
+    saved = outputs.load_checkpoint(tmp_path / "c.pth")["lr_scheduler"]
+    # A resumed run rebuilds its scheduler, then loads the saved state over it: the
+    # checkpoint's schedule continues, whatever the new one would have been.
+    resumed_optimizer, resumed = build(2.0, 20)
+    resumed.load_state_dict(saved)
+    for update in (0, 3, 17, 49):
+        scheduler.step_update(update)
+        resumed.step_update(update)
+        assert resumed_optimizer.param_groups[0]["lr"] == optimizer.param_groups[0]["lr"]
 
 
 def test_layer_decay_groups_follow_mae() -> None:
-    vit = create_vit("vit_micro_patch8_64", img_size=32, num_classes=3, global_pool="avg")
-    optimizer = build_adamw(vit, lr=1.0, weight_decay=0.05, betas=(0.9, 0.999), layer_decay=0.5)
+    vit = tiny_vit()
+    optimizer = create_optimizer_v2(
+        vit, opt="adamw", lr=1.0, weight_decay=0.05, betas=(0.9, 0.999), layer_decay=0.5
+    )
+    assert isinstance(optimizer, torch.optim.AdamW)
     by_param = {
         id(p): (group["lr_scale"], group["weight_decay"])
         for group in optimizer.param_groups
         for p in group["params"]
     }
     depth = len(vit.blocks)
-    # MAE (util/lr_decay.py): scale = decay ** (depth + 1 - layer_id); embeddings are layer 0,
-    # blocks.i layer i + 1, the rest (norm, head) layer depth + 1.
-    expected_scale = {
-        "cls_token": 0.5 ** (depth + 1),
-        "patch_embed.proj.weight": 0.5 ** (depth + 1),
-        "blocks.0.attn.qkv.weight": 0.5**depth,
-        f"blocks.{depth - 1}.mlp.fc1.weight": 0.5,
-        "head.weight": 1.0,
-        "fc_norm.weight": 1.0,
-    }
+    # MAE (util/lr_decay.py, from BEiT): scale = decay ** (depth + 1 - layer_id); the
+    # embeddings are layer 0, blocks.i layer i + 1, the rest (norms, head) layer depth + 1.
     params = dict(vit.named_parameters())
-    for name, scale in expected_scale.items():
-        assert by_param[id(params[name])][0] == pytest.approx(scale), name
     for name, param in params.items():
+        if name.startswith("blocks."):
+            layer_id = int(name.split(".")[1]) + 1
+        elif name.startswith(("cls_token", "pos_embed", "patch_embed", "reg_token")):
+            layer_id = 0
+        else:
+            layer_id = depth + 1
+        assert by_param[id(param)][0] == pytest.approx(0.5 ** (depth + 1 - layer_id)), name
         no_decay = param.ndim == 1 or name in ("cls_token", "pos_embed")
         assert by_param[id(param)][1] == (0.0 if no_decay else 0.05), name
+    assert by_param[id(params["head.weight"])][0] == 1.0
+    assert by_param[id(params["cls_token"])][0] == pytest.approx(0.5 ** (depth + 1))
 
 
-def test_pretrain_groups_skip_decay_on_tokens_and_one_dimensional_params() -> None:
-    model = tiny_msmae()
-    optimizer = build_adamw(model, lr=1.0, weight_decay=0.05, betas=(0.9, 0.95))
+@pytest.mark.parametrize("cls_loss_weight", [0.1, 0.0])
+def test_pretrain_groups_skip_decay_on_tokens_and_leave_a_frozen_head_out(
+    cls_loss_weight: float,
+) -> None:
+    model = tiny_mae(cls_loss_weight)
+    optimizer = create_optimizer_v2(
+        model, opt="adamw", lr=1.0, weight_decay=0.05, betas=(0.9, 0.95)
+    )
     decay = {id(p): g["weight_decay"] for g in optimizer.param_groups for p in g["params"]}
     for name, param in model.named_parameters():
+        if name.startswith("encoder.head.") and cls_loss_weight == 0:
+            # λ = 0 freezes the head: no optimizer step (nor DDP reduction) touches it.
+            assert not param.requires_grad and id(param) not in decay, name
+            continue
         skip = param.ndim == 1 or name in ("mask_token", "encoder.cls_token", "encoder.pos_embed")
         assert decay[id(param)] == (0.0 if skip else 0.05), name
     assert optimizer.defaults["betas"] == (0.9, 0.95)
 
 
-# ----------------------------------------------------------------------- checkpoints
+# ---------------------------------------------------------------------- outputs
 
 
 def test_checkpoint_round_trips_rng_state_with_weights_only(tmp_path: Path) -> None:
-    import random
-
-    import numpy as np
-
-    state = checkpoint_util.get_rng_state()
-    checkpoint_util.save_checkpoint(tmp_path / "c.pth", {"rng": [state]})
-    first = (torch.rand(3), np.random.rand(3), random.random())
-    checkpoint_util.restore_rng(checkpoint_util.load_checkpoint(tmp_path / "c.pth")["rng"], 0)
-    again = (torch.rand(3), np.random.rand(3), random.random())
-    assert torch.equal(first[0], again[0])
-    assert np.array_equal(first[1], again[1])
-    assert first[2] == again[2]
+    outputs.save_checkpoint(tmp_path / "c.pth", {"rng": [outputs.rng_state()]})
+    first = torch.rand(3)
+    target = torch.nn.Linear(1, 1)
+    checkpoint = {"rng": torch.load(tmp_path / "c.pth", weights_only=True)["rng"]}
+    checkpoint["linear"] = target.state_dict()
+    outputs.save_checkpoint(tmp_path / "c.pth", checkpoint)
+    outputs.resume(tmp_path / "c.pth", {"linear": target}, rank=0)
+    assert torch.equal(torch.rand(3), first)
+    with pytest.warns(UserWarning, match="no RNG state for rank 1"):
+        outputs.resume(tmp_path / "c.pth", {}, rank=1)
 
 
 def test_interrupted_checkpoint_write_keeps_the_previous_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = tmp_path / "checkpoint.pth"
-    checkpoint_util.save_checkpoint(path, {"epoch": 1})
+    outputs.save_checkpoint(path, {"epoch": 1})
 
     def failing_save(obj: object, file: Any) -> None:
         file.write(b"half a checkpoint")
@@ -287,59 +255,97 @@ def test_interrupted_checkpoint_write_keeps_the_previous_file(
 
     monkeypatch.setattr(torch, "save", failing_save)
     with pytest.raises(KeyboardInterrupt):
-        checkpoint_util.save_checkpoint(path, {"epoch": 2})
+        outputs.save_checkpoint(path, {"epoch": 2})
     monkeypatch.undo()
-    assert checkpoint_util.load_checkpoint(path) == {"epoch": 1}
+    assert outputs.load_checkpoint(path) == {"epoch": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pth"]
 
 
 def test_resumed_log_drops_the_epochs_it_will_train_again(tmp_path: Path) -> None:
     path = tmp_path / "log.jsonl"
-    log = JsonLinesLog(path)
+    log = outputs.JsonLinesLog(path)
     for epoch in range(3):
         log.write({"epoch": epoch, "loss": float(epoch)})
     # The checkpoint of epoch 1 was the last written: the resumed run starts at epoch 2.
-    JsonLinesLog(path, start_epoch=2).write({"epoch": 2, "loss": 9.0})
+    outputs.JsonLinesLog(path, start_epoch=2).write({"epoch": 2, "loss": 9.0})
     assert read_log(path) == [
         {"epoch": 0, "loss": 0.0},
         {"epoch": 1, "loss": 1.0},
         {"epoch": 2, "loss": 9.0},
     ]
-    JsonLinesLog(path)  # a fresh run starts a fresh log
+    outputs.JsonLinesLog(path)  # a fresh run starts a fresh log
     assert path.read_text() == ""
 
 
-# -------------------------------------------------------------------------- engines
+# ---------------------------------------------------------------------- engines
+
+
+def crop_batches(bank_size: int = 4, batch_size: int = 4) -> DataLoader:
+    """Batches (images, targets, crops, indices) of 40 x 48 images cropped to 32 px."""
+    images = [(torch.rand(3, 40, 48), k % 3) for k in range(bank_size)]
+    dataset = CropDataset(images, PairedRandomResizedCrop(32), seed=0)
+    return DataLoader(dataset, batch_size=batch_size)
+
+
+class RecordingMasker:
+    """Wraps a masker and keeps the weights each call got."""
+
+    def __init__(self, masker: Any) -> None:
+        self.masker, self.weights = masker, []
+
+    def __call__(self, batch_size: int, num_patches: int, weights: Any = None, **kw: Any) -> Any:
+        self.weights.append(weights)
+        return self.masker(batch_size, num_patches, weights, **kw)
+
+
+def run_pretrain_epoch(model: MaskedAutoencoder, loader: Any, **options: Any) -> dict[str, float]:
+    optimizer = create_optimizer_v2(model, opt="adamw", lr=1e-3, weight_decay=0.05)
+    return engine_pretrain.train_one_epoch(
+        model,
+        loader,
+        optimizer,
+        torch.device("cpu"),
+        0,
+        torch.amp.GradScaler("cpu", enabled=False),
+        cosine_scheduler(optimizer, schedule_args(epochs=1, warmup_epochs=0), len(loader)),
+        progress=False,
+        **options,
+    )
+
+
+def test_pretrain_step_aligns_the_bank_maps_of_its_batch_with_each_crop() -> None:
+    loader = crop_batches()
+    bank = MaskWeightBank(4, grid=(5, 6))
+    bank.update(torch.arange(4), torch.rand(4, 5, 6))
+    masker = RecordingMasker(SAMMasker())
+    run_pretrain_epoch(tiny_mae(), loader, masker=masker, bank=bank)
+    (_, _, crops, indices) = next(iter(loader))
+    expected = align_weights(bank[indices], crops, out_grid=(4, 4))
+    assert len(masker.weights) == 1
+    torch.testing.assert_close(masker.weights[0], expected)
+    # Without a bank the masker draws uniformly: no weights at all.
+    uniform = RecordingMasker(RandomMasker(0.75))
+    stats = run_pretrain_epoch(tiny_mae(), loader, masker=uniform)
+    assert uniform.weights == [None]
+    assert set(stats) == {"loss", "recon_loss", "cls_loss", "cls_acc", "lr"}
 
 
 def test_non_finite_loss_stops_training() -> None:
-    model = tiny_msmae()
     images = torch.full((2, 3, 32, 32), float("nan"))
-    loader = [(images, torch.tensor([0, 1]), torch.ones(2, 4, 4), torch.tensor([0, 1]))]
-    optimizer = build_adamw(model, lr=1e-3, weight_decay=0.05, betas=(0.9, 0.95))
+    batch = next(iter(crop_batches(2, 2)))
+    loader = [(images, torch.tensor([0, 1]), batch[2], torch.tensor([0, 1]))]
     with pytest.raises(SystemExit, match="loss is nan"):
-        engine_pretrain.train_one_epoch(
-            model,
-            loader,
-            optimizer,
-            torch.device("cpu"),
-            0,
-            torch.amp.GradScaler("cpu", enabled=False),
-            masker=SAMMasker(),
-            use_weights=True,
-            num_patches=16,
-            lr_schedule=WarmupCosineSchedule(1e-3, 0.0, 0, 1),
-            progress=False,
-        )
+        run_pretrain_epoch(tiny_mae(), loader, masker=SAMMasker(), bank=MaskWeightBank(2, (4, 4)))
 
 
 def test_sam_finetuning_encodes_only_the_visible_quarter() -> None:
-    torch.manual_seed(0)
-    vit = create_vit("vit_micro_patch8_64", img_size=32, num_classes=3, global_pool="avg")
+    vit = tiny_vit()
     seen: list[int] = []
     vit.blocks[0].register_forward_pre_hook(lambda _, args: seen.append(args[0].shape[1]))
-    loader = [(torch.randn(2, 3, 32, 32), torch.tensor([0, 1]), torch.rand(2, 4, 4), None)]
-    optimizer = build_adamw(vit, lr=1e-3, weight_decay=0.05, betas=(0.9, 0.999), layer_decay=0.75)
+    loader = crop_batches(2, 2)
+    optimizer = create_optimizer_v2(vit, opt="adamw", lr=1e-3, layer_decay=0.75)
+    scheduler = cosine_scheduler(optimizer, schedule_args(epochs=1, warmup_epochs=0), 1)
+    bank = MaskWeightBank(2, grid=(4, 4))
     for masker, tokens in ((SAMMasker(0.45, 0.30), 1 + 4), (None, 1 + 16)):
         seen.clear()
         engine_finetune.train_one_epoch(
@@ -349,9 +355,9 @@ def test_sam_finetuning_encodes_only_the_visible_quarter() -> None:
             torch.device("cpu"),
             0,
             torch.amp.GradScaler("cpu", enabled=False),
+            scheduler,
             masker=masker,
-            num_patches=16,
-            lr_schedule=WarmupCosineSchedule(1e-3, 0.0, 0, 1),
+            bank=bank,
             progress=False,
         )
         assert seen == [tokens]  # cls token + the kept patches
@@ -360,6 +366,24 @@ def test_sam_finetuning_encodes_only_the_visible_quarter() -> None:
         VisibleTokenClassifier(vit), loader, torch.device("cpu"), num_classes=3
     )
     assert seen == [1 + 16]  # evaluation always sees every token
+
+
+def test_train_loader_workers_draw_each_epochs_crops_and_repeat_them_on_resume() -> None:
+    images = [(torch.rand(3, 40, 48), 0) for _ in range(8)]
+    dataset = CropDataset(images, PairedRandomResizedCrop(32), seed=0)
+    args = argparse.Namespace(seed=0, batch_size=4, num_workers=2)
+    loader, sampler = train_loader(dataset, args, DistributedContext(0, 1, torch.device("cpu")))
+    assert not loader.persistent_workers  # workers must copy the dataset's new epoch
+
+    def boxes(epoch: int) -> torch.Tensor:
+        sampler.set_epoch(epoch)
+        dataset.set_epoch(epoch)
+        batches = [(crops.top, crops.left, indices) for _, _, crops, indices in loader]
+        return torch.cat([torch.stack(batch, dim=1) for batch in batches])
+
+    first = boxes(0)
+    assert not torch.equal(first, boxes(1))
+    assert torch.equal(first, boxes(0))  # a resumed epoch sees the same order and crops
 
 
 def test_classification_report_from_a_known_confusion_matrix() -> None:
@@ -371,9 +395,36 @@ def test_classification_report_from_a_known_confusion_matrix() -> None:
     assert report["num_samples"] == 8
 
 
-# --------------------------------------------------------------------- scripts end to end
+# ------------------------------------------------------------------ the scripts
 
 
+@pytest.mark.parametrize("script", [main_pretrain, main_finetune])
+def test_options_come_in_visible_groups(script: Any) -> None:
+    parser = script.get_args_parser()
+    groups = {group.title.split(" ")[0]: group for group in parser._action_groups}
+    assert {"model", "masking", "optimizer", "data", "runtime"} <= set(groups)
+    options = {a.dest for a in groups["optimizer"]._group_actions}
+    assert {"blr", "lr", "min_lr", "warmup_epochs", "weight_decay"} <= options
+
+
+def test_amt_pretraining_refuses_a_supervised_loss(tmp_path: Path) -> None:
+    args = pretrain_args(tmp_path, "--masker", "amt", "--cls_loss_weight", "0.1")
+    with pytest.raises(ValueError, match="--cls_loss_weight must be 0"):
+        main_pretrain.main(args)
+
+
+def test_pretraining_refuses_a_map_masker_that_never_starts(tmp_path: Path) -> None:
+    args = pretrain_args(tmp_path, "--epochs", "3", "--mask_warmup_epochs", "3")
+    with pytest.raises(ValueError, match="would never mask by maps"):
+        main_pretrain.main(args)
+
+
+def test_csv_data_needs_its_tables(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="--csv_train"):
+        main_pretrain.main(pretrain_args(tmp_path, "--data", "csv"))
+
+
+@pytest.mark.slow
 def test_pretrain_runs_end_to_end_and_the_loss_decreases(tmp_path: Path) -> None:
     args = pretrain_args(
         tmp_path,
@@ -393,10 +444,15 @@ def test_pretrain_runs_end_to_end_and_the_loss_decreases(tmp_path: Path) -> None
     assert saved["final"] == pytest.approx(summary["final"])
     assert set(saved["lesion_hit_rate"]) == {"attention", "uniform"}
     assert all(0.0 <= v <= 1.0 for v in saved["lesion_hit_rate"].values())
-    checkpoint = checkpoint_util.load_checkpoint(tmp_path / "checkpoint.pth")
+    checkpoint = outputs.load_checkpoint(tmp_path / "checkpoint.pth")
+    # What resume needs and nothing else.
     assert set(checkpoint) == {
-        *("model", "optimizer", "scaler", "lr_schedule", "bank", "epoch", "rng", "args"),
+        *("model", "optimizer", "scaler", "lr_scheduler", "bank", "epoch", "rng", "args"),
+        *("script", "stats"),  # who wrote it (checked by --resume); the summary's stats
     }
+    assert checkpoint["script"] == "main_pretrain.py"
+    assert checkpoint["stats"] == pytest.approx(summary["final"])
+    assert set(checkpoint["rng"][0]) == {"cpu", "cuda"}
     assert checkpoint["epoch"] == 5
     # A refresh logs how much of the held-out lesions the fresh maps would mask.
     assert set(log[3]["lesion_hit_rate"]) == {"attention", "uniform"}
@@ -407,33 +463,22 @@ def test_pretrain_runs_end_to_end_and_the_loss_decreases(tmp_path: Path) -> None
     assert float(maps.min()) >= 0 and float(maps.max()) <= 1
 
 
-def test_amt_pretraining_refuses_a_supervised_loss(tmp_path: Path) -> None:
-    args = pretrain_args(tmp_path, "--masker", "amt", "--cls_loss_weight", "0.1")
-    with pytest.raises(ValueError, match="--cls_loss_weight must be 0"):
-        main_pretrain.main(args)
-
-
-def test_pretraining_refuses_a_map_masker_that_never_starts(tmp_path: Path) -> None:
-    args = pretrain_args(tmp_path, "--epochs", "3", "--mask_warmup_epochs", "3")
-    with pytest.raises(ValueError, match="would never mask by maps"):
-        main_pretrain.main(args)
-
-
 class _InterruptedError(Exception):
     pass
 
 
 def _interrupt_after_first_checkpoint(monkeypatch: pytest.MonkeyPatch, module: Any) -> None:
-    real_save = module.save_training_state
+    real_save = module.save_checkpoint
 
-    def save_then_stop(path: Path, **state: Any) -> None:
-        real_save(path, **state)
+    def save_then_stop(path: Path, state: dict[str, Any]) -> None:
+        real_save(path, state)
         raise _InterruptedError
 
-    monkeypatch.setattr(module, "save_training_state", save_then_stop)
+    monkeypatch.setattr(module, "save_checkpoint", save_then_stop)
 
 
-@pytest.mark.parametrize("masker", ["sam", "random"])
+@pytest.mark.slow
+@pytest.mark.parametrize("masker", ["sam", "amt", "random"])
 def test_pretrain_resume_ends_where_an_uninterrupted_run_ends(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, masker: str
 ) -> None:
@@ -448,16 +493,21 @@ def test_pretrain_resume_ends_where_an_uninterrupted_run_ends(
     first = tmp_path / "resumed" / "checkpoint.pth"
     main_pretrain.main(pretrain_args(tmp_path / "resumed", *options, "--resume", str(first)))
 
-    straight = checkpoint_util.load_checkpoint(tmp_path / "straight" / "checkpoint.pth")
-    resumed = checkpoint_util.load_checkpoint(first)
+    straight = outputs.load_checkpoint(tmp_path / "straight" / "checkpoint.pth")
+    resumed = outputs.load_checkpoint(first)
     for name, value in straight["model"].items():
         assert torch.equal(value, resumed["model"][name]), name
     assert torch.equal(straight["bank"]["weights"], resumed["bank"]["weights"])
+    assert straight["lr_scheduler"] == resumed["lr_scheduler"]
     assert read_log(tmp_path / "straight" / "log.jsonl") == read_log(
         tmp_path / "resumed" / "log.jsonl"
     )
+    if masker == "amt":  # λ = 0: the head is frozen, so the optimizer holds no state for it
+        trainable = len(straight["model"]) - 2  # all but head.weight and head.bias
+        assert len(straight["optimizer"]["state"]) == trainable
 
 
+@pytest.mark.slow
 def test_finetune_runs_end_to_end_and_resumes_exactly(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -480,8 +530,8 @@ def test_finetune_runs_end_to_end_and_resumes_exactly(
     resumed_summary = main_finetune.main(
         finetune_args(tmp_path / "resumed", *options, "--resume", str(first))
     )
-    straight = checkpoint_util.load_checkpoint(tmp_path / "straight" / "checkpoint.pth")
-    resumed = checkpoint_util.load_checkpoint(first)
+    straight = outputs.load_checkpoint(tmp_path / "straight" / "checkpoint.pth")
+    resumed = outputs.load_checkpoint(first)
     for name, value in straight["model"].items():
         assert torch.equal(value, resumed["model"][name]), name
     assert resumed_summary["val"] == summary["val"]
@@ -490,6 +540,7 @@ def test_finetune_runs_end_to_end_and_resumes_exactly(
     )
 
 
+@pytest.mark.slow
 def test_full_token_finetuning_loss_decreases(tmp_path: Path) -> None:
     options = ("--epochs", "5", "--warmup_epochs", "1", "--masker", "none", "--blr", "5e-3")
     main_finetune.main(finetune_args(tmp_path, *options, "--smoothing", "0"))
@@ -498,7 +549,7 @@ def test_full_token_finetuning_loss_decreases(tmp_path: Path) -> None:
     assert not list(tmp_path.glob("masks_*.png"))  # no maps without SAM
 
 
-# ------------------------------------------------------------------------------ data
+# ------------------------------------------------------------------------ data
 
 
 def _write_images(folder: Path, names: list[str], seed: int) -> None:
@@ -517,6 +568,7 @@ def _image_folder(root: Path) -> Path:
     return root / "train" / "benign" / "broken.png"
 
 
+@pytest.mark.slow
 def test_imagefolder_names_a_corrupt_file_or_skips_and_reports_it(tmp_path: Path) -> None:
     broken = _image_folder(tmp_path / "data")
     data = ("--data", "imagefolder", "--data_path", str(tmp_path / "data"), "--masker", "none")
@@ -535,6 +587,7 @@ def test_imagefolder_names_a_corrupt_file_or_skips_and_reports_it(tmp_path: Path
     assert summary["skipped_files"] == {"train": [str(broken)], "val": []}
 
 
+@pytest.mark.slow
 def test_csv_data_pretrains(tmp_path: Path) -> None:
     images = tmp_path / "images"
     _write_images(images, [f"img{i}.jpg" for i in range(12)], seed=0)
@@ -550,14 +603,10 @@ def test_csv_data_pretrains(tmp_path: Path) -> None:
     assert math.isfinite(summary["final"]["loss"])
 
 
-def test_csv_data_needs_its_tables(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="--csv_train"):
-        main_pretrain.main(pretrain_args(tmp_path, "--data", "csv"))
+# ------------------------------------------------------------------ quickstart
 
 
-# ------------------------------------------------------------------------- quickstart
-
-
+@pytest.mark.slow
 def test_quickstart_writes_the_summary_schema(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
+pytestmark = pytest.mark.slow
+
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 TIMEOUT_S = 300
 TINY = [
@@ -75,6 +77,20 @@ def test_ddp_pretraining_writes_once_and_refreshes_every_sample(pretrained: Path
     maps = checkpoint["bank"]["weights"].flatten(1)
     assert bool((maps != 1).any(dim=1).all())
     assert len(checkpoint["rng"]) == 2  # one RNG state per rank, for an exact resume
+
+
+def test_ddp_amt_pretraining_trains_with_a_frozen_head(tmp_path: Path) -> None:
+    # λ = 0 freezes the head, which then gets no gradient: DDP must not wait for one.
+    torchrun(
+        "main_pretrain.py",
+        *TINY,
+        *("--decoder_embed_dim", "32", "--decoder_depth", "1", "--decoder_num_heads", "2"),
+        *("--masker", "amt", "--epochs", "2", "--mask_warmup_epochs", "1"),
+        *("--refresh_every", "1", "--warmup_epochs", "1", "--output_dir", str(tmp_path)),
+    )
+    checkpoint = torch.load(tmp_path / "checkpoint.pth", weights_only=True)
+    assert checkpoint["args"]["cls_loss_weight"] == 0.0
+    assert len(checkpoint["optimizer"]["state"]) == len(checkpoint["model"]) - 2  # no head
 
 
 def test_ddp_finetuning_evaluates_every_sample_once(pretrained: Path, tmp_path: Path) -> None:

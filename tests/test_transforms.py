@@ -1,4 +1,8 @@
-"""Paired crops: torchvision's sampling rule, seeded determinism, images and weights together."""
+"""Paired crops: torchvision's sampling rule, seeded determinism, images and weights together.
+
+The training step aligns the bank's maps with the collated crops of a batch
+(``align_weights(bank[indices], crops, out_grid=...)``); these tests run that path.
+"""
 
 from __future__ import annotations
 
@@ -12,11 +16,11 @@ from torch.utils.data import DataLoader, TensorDataset
 from torchvision import transforms as T
 
 from maskkit import (
+    CropDataset,
     CropParams,
     IndexedDataset,
     MaskWeightBank,
     PairedRandomResizedCrop,
-    WeightedCropDataset,
     align_weights,
 )
 
@@ -38,15 +42,17 @@ def test_sampling_follows_torchvision_draw_for_draw(
     ratio: list[float],
     hflip_prob: float,
 ) -> None:
-    # Same global seed: our box and flip equal RandomResizedCrop.get_params, then
-    # RandomHorizontalFlip's draw (including the central-crop fallback of thin images).
+    # Our box and flip equal RandomResizedCrop.get_params then RandomHorizontalFlip's draw
+    # (central-crop fallback of thin images included), from the global RNG and from an
+    # explicit generator with the same seed alike.
     crop = PairedRandomResizedCrop(8, scale=tuple(scale), ratio=tuple(ratio), hflip_prob=hflip_prob)
     torch.manual_seed(seed)
     params = crop.sample((height, width))
+    from_generator = crop.sample((height, width), generator=torch.Generator().manual_seed(seed))
     torch.manual_seed(seed)
     box = T.RandomResizedCrop.get_params(torch.empty(1, height, width), scale, ratio)
     hflip = bool(torch.rand(1) < hflip_prob)
-    assert params == CropParams(*box, hflip)
+    assert params == from_generator == CropParams(*box, hflip, height, width)
 
 
 @pytest.mark.parametrize("as_pil", [False, True])
@@ -139,48 +145,67 @@ def _hot_cell_bank(dataset: _PaintedCells) -> MaskWeightBank:
     return bank
 
 
+def _aligned_batches(
+    crops: CropDataset, bank: MaskWeightBank, out_grid: tuple[int, int], **loader_options: int
+) -> list[tuple[Tensor, Tensor, CropParams, Tensor, Tensor]]:
+    """``(views, targets, crops, indices, weights)`` per batch, aligned as a training step does."""
+    batches = []
+    for views, targets, batch_crops, indices in DataLoader(crops, batch_size=8, **loader_options):
+        weights = align_weights(bank[indices], batch_crops, out_grid=out_grid)
+        batches.append((views, targets, batch_crops, indices, weights))
+    return batches
+
+
 def test_bright_square_and_hot_cell_coincide_after_crop_and_flip() -> None:
     dataset = _PaintedCells()
-    out_grid = (8, 8)
-    crops = WeightedCropDataset(
-        dataset, _hot_cell_bank(dataset), PairedRandomResizedCrop(64), seed=3, out_grid=out_grid
-    )
+    bank = _hot_cell_bank(dataset)
+    crops = CropDataset(dataset, PairedRandomResizedCrop(64), seed=3)
     flipped = visible = 0
     for epoch in range(3):
         crops.set_epoch(epoch)
-        for index in range(len(crops)):
-            image, _, weights, returned_index = crops[index]
-            assert returned_index == index
-            assert weights.shape == out_grid
+        for views, _, batch_crops, indices, weights in _aligned_batches(crops, bank, (8, 8)):
+            assert weights.shape == (len(indices), 8, 8)
             # Mean brightness per output cell is the share of the cell the square covers,
             # which is exactly what the aligned map says (up to the bicubic resampling).
-            brightness = image[0].reshape(8, 8, 8, 8).mean((1, 3))
+            brightness = views[:, 0].reshape(-1, 8, 8, 8, 8).mean((2, 4))
             torch.testing.assert_close(weights, brightness, atol=0.05, rtol=0)
-            params = crops.transform.sample(IMAGE_SIZE, generator=crops.generator(index))
-            flipped += params.hflip and bool(weights.any())
-            visible += bool(weights.any())
+            shown = weights.flatten(1).any(1)
+            flipped += int((batch_crops.hflip & shown).sum())
+            visible += int(shown.sum())
     assert visible > 20 and flipped > 5
 
 
 def test_the_check_above_catches_amt_style_misalignment() -> None:
     # The same comparison with the crop offset dropped (AMT's bug) fails on most crops.
     dataset = _PaintedCells()
-    crops = WeightedCropDataset(dataset, _hot_cell_bank(dataset), PairedRandomResizedCrop(64))
-    misaligned = 0
-    for index in range(len(crops)):
-        image, (row, col), _, _ = crops[index]
-        params = crops.transform.sample(IMAGE_SIZE, generator=crops.generator(index))
-        hot = torch.zeros(MAP_GRID)
-        hot[row, col] = 1.0
-        wrong = align_weights(
-            hot, (0, 0, params.height, params.width), IMAGE_SIZE, (8, 8), hflip=params.hflip
+    bank = _hot_cell_bank(dataset)
+    crops = CropDataset(dataset, PairedRandomResizedCrop(64))
+    misaligned = total = 0
+    for views, _, batch_crops, indices, _ in _aligned_batches(crops, bank, (8, 8)):
+        at_origin = batch_crops._replace(
+            top=torch.zeros_like(batch_crops.top), left=torch.zeros_like(batch_crops.left)
         )
-        brightness = image[0].reshape(8, 8, 8, 8).mean((1, 3))
-        misaligned += bool((wrong - brightness).abs().max() > 0.05)
-    assert misaligned > len(crops) // 2
+        wrong = align_weights(bank[indices], at_origin, out_grid=(8, 8))
+        brightness = views[:, 0].reshape(-1, 8, 8, 8, 8).mean((2, 4))
+        misaligned += int(((wrong - brightness).abs().amax((1, 2)) > 0.05).sum())
+        total += len(indices)
+    assert misaligned > total // 2
 
 
-# ---- WeightedCropDataset determinism and workers ----------------------------------------------
+def test_a_single_crop_aligns_like_its_batch() -> None:
+    dataset = _PaintedCells()
+    bank = _hot_cell_bank(dataset)
+    crops = CropDataset(dataset, PairedRandomResizedCrop(64), seed=5)
+    _, _, _, indices, weights = _aligned_batches(crops, bank, (8, 8))[0]
+    for row, index in enumerate(indices.tolist()):
+        _, _, crop, _ = crops[index]
+        assert isinstance(crop.top, int) and isinstance(crop.hflip, bool)
+        assert crop.image_size == IMAGE_SIZE
+        single = align_weights(bank[index], crop, out_grid=(8, 8))
+        assert torch.equal(single, weights[row])
+
+
+# ---- CropDataset determinism and workers ------------------------------------------------------
 
 
 def _random_dataset(count: int = 10) -> TensorDataset:
@@ -189,13 +214,7 @@ def _random_dataset(count: int = 10) -> TensorDataset:
     return TensorDataset(images, torch.arange(count))
 
 
-def _random_bank(count: int = 10) -> MaskWeightBank:
-    bank = MaskWeightBank(count, (5, 7))
-    bank.update(torch.arange(count), torch.rand(count, 5, 7))
-    return bank
-
-
-def _collect(dataset: WeightedCropDataset, order: list[int]) -> dict[int, tuple]:
+def _collect(dataset: CropDataset, order: list[int]) -> dict[int, tuple]:
     return {index: dataset[index] for index in order}
 
 
@@ -204,12 +223,12 @@ def _same(a: tuple, b: tuple) -> bool:
 
 
 def test_samples_depend_on_seed_epoch_and_index_only() -> None:
-    data, bank = _random_dataset(), _random_bank()
-    crops = WeightedCropDataset(data, bank, PairedRandomResizedCrop(16), seed=7, out_grid=(4, 4))
+    data = _random_dataset()
+    crops = CropDataset(data, PairedRandomResizedCrop(16), seed=7)
     forward = _collect(crops, list(range(10)))
     backward = _collect(crops, list(range(9, -1, -1)))
     assert all(_same(forward[i], backward[i]) for i in range(10))
-    again = WeightedCropDataset(data, bank, PairedRandomResizedCrop(16), seed=7, out_grid=(4, 4))
+    again = CropDataset(data, PairedRandomResizedCrop(16), seed=7)
     assert all(_same(forward[i], again[i]) for i in range(10))
 
     crops.set_epoch(1)
@@ -219,49 +238,49 @@ def test_samples_depend_on_seed_epoch_and_index_only() -> None:
     crops.set_epoch(0)
     assert all(_same(forward[i], crops[i]) for i in range(10))
 
-    other_seed = WeightedCropDataset(data, bank, PairedRandomResizedCrop(16), seed=8)
+    other_seed = CropDataset(data, PairedRandomResizedCrop(16), seed=8)
     assert not any(_same(forward[i][:1], other_seed[i][:1]) for i in range(10))
 
 
 def test_post_transform_runs_after_the_crop() -> None:
-    crops = WeightedCropDataset(
-        _random_dataset(),
-        _random_bank(),
-        PairedRandomResizedCrop(16),
-        post_transform=lambda image: image * 2,
+    doubled = CropDataset(
+        _random_dataset(), PairedRandomResizedCrop(16), post_transform=lambda image: image * 2
     )
-    plain = WeightedCropDataset(_random_dataset(), _random_bank(), PairedRandomResizedCrop(16))
-    assert torch.equal(crops[3][0], plain[3][0] * 2)
-    assert crops[3][2].shape == (5, 7)
+    plain = CropDataset(_random_dataset(), PairedRandomResizedCrop(16))
+    assert torch.equal(doubled[3][0], plain[3][0] * 2)
+    assert doubled[3][2] == plain[3][2]
 
 
-def test_workers_see_the_epoch_and_bank_updates_of_the_main_process() -> None:
-    data, bank = _random_dataset(), _random_bank()
-    crops = WeightedCropDataset(data, bank, PairedRandomResizedCrop(16), seed=1)
-    expected_epoch0 = _collect(crops, list(range(10)))
-    loader = DataLoader(
-        crops, batch_size=4, num_workers=2, persistent_workers=True, collate_fn=list
-    )
-    seen = {item[3]: item for batch in loader for item in batch}
-    assert all(_same(seen[i], expected_epoch0[i]) for i in range(10))
+def test_workers_draw_the_crops_of_the_epoch_set_before_the_iterator() -> None:
+    crops = CropDataset(_random_dataset(), PairedRandomResizedCrop(16), seed=1)
+    for epoch in (0, 4):
+        crops.set_epoch(epoch)
+        expected = _collect(crops, list(range(10)))
+        loader = DataLoader(crops, batch_size=4, num_workers=2, collate_fn=list)
+        seen = {item[3]: item for batch in loader for item in batch}
+        assert all(_same(seen[i][:2], expected[i][:2]) for i in range(10))
+        assert all(seen[i][2] == expected[i][2] for i in range(10))
 
-    # The persistent workers keep their copy of the dataset: only shared state reaches them.
-    crops.set_epoch(4)
-    bank.update(torch.arange(10), torch.full((10, 5, 7), 0.25))
-    seen = {item[3]: item for batch in loader for item in batch}
-    assert all(_same(seen[i], crops[i]) for i in range(10))
-    assert all(torch.allclose(seen[i][2], torch.full((5, 7), 0.25)) for i in range(10))
-    assert not any(_same(seen[i][:1], expected_epoch0[i][:1]) for i in range(10))
+
+def test_collated_crops_are_a_crop_params_of_tensors() -> None:
+    crops = CropDataset(_random_dataset(), PairedRandomResizedCrop(16), seed=2)
+    _, _, batch, indices = next(iter(DataLoader(crops, batch_size=5)))
+    assert isinstance(batch, CropParams)
+    assert batch.hflip.dtype == torch.bool and batch.top.shape == (5,)
+    for row, index in enumerate(indices.tolist()):
+        assert tuple(int(v) for v in (f[row] for f in batch)) == tuple(
+            int(v) for v in crops[index][2]
+        )
 
 
 def test_wrapper_errors() -> None:
-    with pytest.raises(ValueError, match="num_samples=len"):
-        WeightedCropDataset(_random_dataset(10), _random_bank(9), PairedRandomResizedCrop(8))
     with pytest.raises(ValueError, match="seed"):
-        WeightedCropDataset(_random_dataset(), _random_bank(), PairedRandomResizedCrop(8), seed=-1)
-    crops = WeightedCropDataset(_random_dataset(), _random_bank(), PairedRandomResizedCrop(8))
+        CropDataset(_random_dataset(), PairedRandomResizedCrop(8), seed=-1)
+    crops = CropDataset(_random_dataset(), PairedRandomResizedCrop(8))
     with pytest.raises(ValueError, match="epoch"):
         crops.set_epoch(-1)
+    with pytest.raises(TypeError, match="image_size and hflip"):
+        align_weights(torch.ones(4, 4), crops[0][2], (40, 56), out_grid=(2, 2))
 
 
 def test_indexed_dataset_appends_the_index() -> None:

@@ -11,11 +11,9 @@ from maskkit import (
     RandomMasker,
     SAMMasker,
     forward_features_visible,
-    keep_patch_tokens,
-    patch_grid,
-    patchify,
-    unpatchify,
 )
+from maskkit.patches import patch_grid, patchify, unpatchify
+from maskkit.vit import check_timm_vit, keep_patch_tokens
 
 
 class KeepGivenPatches(nn.Module):
@@ -73,8 +71,41 @@ def test_visible_forward_gives_gradients_and_logits() -> None:
 
 
 def test_non_vit_is_a_type_error() -> None:
-    with pytest.raises(TypeError, match="not a timm VisionTransformer"):
+    with pytest.raises(TypeError, match="lacks patch_embed, num_prefix_tokens, blocks"):
         forward_features_visible(nn.Linear(3, 3), torch.randn(1, 3, 8, 8), None)
+
+
+def test_eva_is_rejected_for_token_subsets_but_readable_for_attention() -> None:
+    # Eva's _pos_embed returns (tokens, rope): run on a subset it would crash later.
+    eva = timm.create_model(
+        "eva02_tiny_patch14_224", pretrained=False, img_size=28, depth=1, num_classes=0
+    )
+    with pytest.raises(TypeError, match="Eva is not a timm VisionTransformer"):
+        forward_features_visible(eva, torch.randn(1, 3, 28, 28), None)
+    check_timm_vit(eva)  # attention maps need less
+
+
+def test_gradient_checkpointing_and_patch_dropout_follow_timm() -> None:
+    model = timm.create_model(
+        "vit_tiny_patch16_224", pretrained=False, img_size=32, num_classes=0, patch_drop_rate=0.5
+    )
+    images = torch.randn(2, 3, 32, 32)
+    model.eval()  # patch dropout is off in eval mode
+    plain = forward_features_visible(model, images, None)
+    model.set_grad_checkpointing(True)
+    assert torch.allclose(forward_features_visible(model, images, None), plain, atol=1e-6)
+    model.train()
+    dropped = forward_features_visible(model, images, None)
+    # timm's PatchDropout keeps the prefix token and half of the 4 patches.
+    assert dropped.shape == (2, 1 + 2, model.embed_dim)
+    dropped.sum().backward()
+    assert model.blocks[0].attn.qkv.weight.grad is not None
+
+
+def test_visible_must_match_the_batch() -> None:
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32)
+    with pytest.raises(ValueError, match="visible must be"):
+        forward_features_visible(model, torch.randn(2, 3, 32, 32), torch.zeros(3, 2).long())
 
 
 def test_keep_patch_tokens_keeps_prefix_first() -> None:

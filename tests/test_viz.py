@@ -9,7 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from maskkit import RandomMasker, SAMMasker, SyntheticLesions, heatmap, save_mask_grid
+from maskkit import RandomMasker, SAMMasker
+from maskkit.demo import SyntheticLesions
+from maskkit.viz import heatmap, save_mask_grid
 
 P = 4  # patch size
 H, W = 16, 24  # a 4 x 6 patch grid
@@ -53,11 +55,38 @@ def test_png_has_the_documented_size(
         pad=pad,
     )
     canvas = read_png(out)
-    assert canvas.shape == (
-        rows * H * scale + (rows + 1) * pad,
-        columns * W * scale + (columns + 1) * pad,
-        3,
+    grid_height = rows * H * scale + (rows + 1) * pad
+    grid_width = columns * W * scale + (columns + 1) * pad
+    assert canvas.shape[0] == grid_height + 14 + pad and canvas.shape[2] == 3
+    assert canvas.shape[1] >= grid_width
+    # The grid sits at the top left; white fills what the legend's width adds.
+    assert (canvas[:grid_height, grid_width:] == 255).all()
+
+
+def test_legend_shows_each_group_colour_and_only_the_parts_drawn(tmp_path: Path) -> None:
+    images, labels = images_and_labels()
+    plain = read_png(save_mask_grid(tmp_path / "a.png", images, labels, patch_size=P, pad=2))
+    lesions = torch.zeros(3, H, W, dtype=torch.bool)
+    full = read_png(
+        save_mask_grid(
+            tmp_path / "b.png",
+            images,
+            labels,
+            patch_size=P,
+            pad=2,
+            weights=torch.rand(3, 4, 6),
+            lesion_masks=lesions,
+        )
     )
+    grid_height = 3 * H + 4 * 2
+    legend = plain[grid_height + 3 : grid_height + 10]  # inside the swatches' rows
+    # The first swatch (visible) is flat mid grey, as a visible patch of a grey image.
+    assert (legend[:, 3:10] == 128).all()
+    colours = {tuple(int(v) for v in c) for c in np.unique(legend.reshape(-1, 3), axis=0)}
+    masked = np.rint(255 * (0.4 * 0.5 + 0.6 * np.array([0.55, 0.62, 0.75])))
+    assert tuple(int(v) for v in masked) in colours  # blended towards blue-grey
+    assert (26, 26, 26) in colours  # thrown: darkened to a fifth
+    assert full.shape[1] > plain.shape[1]  # two more entries: lesion box, weights
 
 
 def test_overlay_keeps_visible_tints_masked_darkens_thrown(tmp_path: Path) -> None:

@@ -23,7 +23,8 @@ assert torch.equal(flipped, expected.flip(-1))
 # code reads the map's top-left cells, whatever the box: here, cold ones.
 assert weights[0:2, 0:2].sum() == 0
 
-# Batched: one box and flip per sample, e.g. from maskkit.PairedRandomResizedCrop.
+# Batched, on the weights' device: one box and flip per sample, e.g. the CropParams a
+# DataLoader collates from maskkit.CropDataset (see the weight bank page).
 maps = torch.rand(8, 14, 14)
 boxes = torch.tensor([[10.0, 20.0, 150.0, 120.0]]).expand(8, 4)
 flips = torch.tensor([True, False] * 4)

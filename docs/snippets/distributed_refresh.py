@@ -5,7 +5,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 
-from maskkit import AttentionExtractor, IndexedDataset, MaskWeightBank, SyntheticLesions
+from maskkit import AttentionExtractor, IndexedDataset, MaskWeightBank
+from maskkit.demo import SyntheticLesions
 
 # torchrun sets RANK, WORLD_SIZE and the rendezvous address. On GPUs use "nccl", after
 # torch.cuda.set_device(local_rank): the bank's all-gather then goes through that device.

@@ -8,17 +8,28 @@ tests/test_docs.py fails while the page and the results files disagree.
 
 from __future__ import annotations
 
+import importlib.util
 import json
-import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "benchmarks" / "results"
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from common import fmt  # noqa: E402  (benchmarks/ is scripts, not a package)
+
+def _load_fmt() -> Any:
+    """``benchmarks/common.fmt``, the formatter of run.py's tables (benchmarks/ holds
+    scripts, not a package: load the file by path, leaving sys.path alone)."""
+    spec = importlib.util.spec_from_file_location("benchmarks_common", RESULTS.parent / "common.py")
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {RESULTS.parent / 'common.py'}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.fmt
+
+
+fmt = _load_fmt()
 
 PAGE = ROOT / "docs" / "benchmarks.md"
 
@@ -31,20 +42,21 @@ INTRO = """\
      edit that script, not this page. -->
 
 `benchmarks/run.py` times maskkit against the baselines it replaces, in one process,
-interleaved (every repeat runs every candidate once, in a rotating order), and reports
-medians: the masking itself (MAE's `argsort` floor, AMT's `torch.multinomial` and
-boolean indexing, an HPM-style loop over the batch), one MSMAE pre-training step, the
-attention extraction and SAM fine-tuning against all-token fine-tuning (time and FLOPs).
-It also counts host syncs, and checks CUDA graph capture and
-`torch.compile(fullgraph=True)`. `benchmarks/README.md` defines every figure. Ratios are
-candidate / reference of medians: above 1 means the candidate is slower, except
-`finetune_step_speedup`, where above 1 means SAM is faster.
+with `torch.utils.benchmark` (`Timer.blocked_autorange`) in interleaved rounds (every
+round times every candidate once, in a rotating order), and reports medians: the masking
+itself (MAE's `argsort` floor, AMT's `torch.multinomial` and boolean indexing, an
+HPM-style loop over the batch), one MSMAE pre-training step, the attention extraction and
+SAM fine-tuning against all-token fine-tuning (time and FLOPs). It also counts host
+syncs, and checks CUDA graph capture and `torch.compile(fullgraph=True)`.
+`benchmarks/README.md` defines every figure. Ratios are candidate / reference of medians:
+above 1 means the candidate is slower, except `finetune_step_speedup`, where above 1
+means SAM is faster.
 
 To record a run and regenerate this page:
 
 ```bash
 python benchmarks/run.py --device cuda
-python benchmarks/run.py --device cpu
+python benchmarks/run.py --device cpu --threads 1
 python docs/snippets/make_benchmarks_page.py
 ```
 """
@@ -122,11 +134,29 @@ def _summary(result: dict[str, Any]) -> str:
     ]
     scope = summary.get("scope", "")
     text = f"### Summary\n\n{scope[:1].upper() + scope[1:]}.\n\n" if scope else "### Summary\n\n"
-    return text + _table(["figure", "goal", "value", "target", "met"], rows)
+    text += _table(["figure", "goal", "value", "target", "met"], rows)
+    # Headline figures without a goal of issue 6: the strategies section's (issue 13), with
+    # the CPU targets that section judged them against.
+    targets = result.get("strategies", {}).get("targets", {})
+    others = [
+        [
+            f"`{key}`",
+            fmt(value),
+            targets.get(key, {}).get("target", ""),
+            fmt(targets.get(key, {}).get("met")),
+        ]
+        for key, value in summary.items()
+        if key not in goals and key not in ("scope", "goals")
+    ]
+    if others:
+        text += "\n\nMasking strategies (issue 13; targets set for a CPU):\n\n"
+        text += _table(["figure", "value", "target", "met"], others)
+    return text
 
 
-def _masking(section: dict[str, Any]) -> str:
-    parts = ["### Masking"]
+def _timing_tables(section: dict[str, Any]) -> list[str]:
+    """Median ms per candidate and ratios, one row per size (``timings`` / ``ratios``)."""
+    parts = []
     timings = section.get("timings", {})
     if timings:
         names = list(next(iter(timings.values())))
@@ -137,6 +167,11 @@ def _masking(section: dict[str, Any]) -> str:
         keys = list(next(iter(ratios.values())))
         rows = [[size, *(fmt(r[k], 2) for k in keys)] for size, r in ratios.items()]
         parts += ["Ratios (x):", _table(["size", *keys], rows)]
+    return parts
+
+
+def _masking(section: dict[str, Any]) -> str:
+    parts = ["### Masking", *_timing_tables(section)]
     checks = [
         [check, name, fmt(entry.get("passed")), entry.get("detail", "")[:90]]
         for check in ("cuda_graph", "compile_fullgraph")
@@ -146,6 +181,25 @@ def _masking(section: dict[str, Any]) -> str:
     checks += [["host_syncs", name, fmt(count), ""] for name, count in counts.items()]
     if checks:
         parts += ["Checks:", _table(["check", "candidate", "result", "detail"], checks)]
+    return "\n\n".join(parts)
+
+
+def _strategies(section: dict[str, Any]) -> str:
+    parts = ["### Masking strategies (`bench_strategies.py`)"]
+    medians = section.get("medians_ms", {})
+    if medians:
+        names = list(next(iter(medians.values())))
+        rows = [[size, *(fmt(row[n]) for n in names)] for size, row in medians.items()]
+        parts += ["Median ms per call:", _table(["size", *names], rows)]
+    ratios = section.get("ratios", {})
+    if ratios:
+        keys = list(next(iter(ratios.values())))
+        rows = [[size, *(fmt(row[k], 2) for k in keys)] for size, row in ratios.items()]
+        parts += [
+            "Ratios (x): `<strategy>_vs_<reference>` is reference / maskkit (how many times "
+            "faster maskkit is), `<strategy>_vs_mae_floor` is maskkit / MAE's floor.",
+            _table(["size", *keys], rows),
+        ]
     return "\n\n".join(parts)
 
 
@@ -215,6 +269,7 @@ SECTIONS = {
     "pretrain": _pretrain,
     "extraction": _extraction,
     "finetune": _finetune,
+    "strategies": _strategies,
 }
 
 
@@ -232,6 +287,16 @@ def _run(name: str, result: dict[str, Any]) -> str:
         facts.append(f"CUDA {versions['cuda']}")
     if host:
         facts.append(f"{fmt(host.get('cpu_count'))} CPUs, {fmt(host.get('torch_threads'))} threads")
+        loads = [
+            f"{' / '.join(f'{value:.2f}' for value in host[key])} at the {when}"
+            for key, when in (
+                ("load_average_1_5_15min", "start"),
+                ("load_average_end_1_5_15min", "end"),
+            )
+            if host.get(key)
+        ]
+        if loads:
+            facts.append("load average (1 / 5 / 15 min) " + " and ".join(loads))
     facts.append(f"timed with {fmt(result.get('timing_method'))}")
     parts = [f"## {result['device']}: `{name}`", ", ".join(facts) + "."]
     if result.get("quick"):

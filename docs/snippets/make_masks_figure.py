@@ -18,15 +18,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from maskkit import (
-    RandomMasker,
-    SAMMasker,
-    SyntheticLesions,
-    lesion_hit_rate,
-    patch_grid,
-    pixel_mask_to_patches,
-    save_mask_grid,
-)
+from maskkit import RandomMasker, SAMMasker
+from maskkit.demo import SyntheticLesions, lesion_hit_rate, pixel_mask_to_patches
+from maskkit.patches import patch_grid
+from maskkit.viz import save_mask_grid
 
 ASSET = Path(__file__).resolve().parents[1] / "assets" / "masks.png"
 PATCH = 16
@@ -74,7 +69,9 @@ def make_figure(path: Path = ASSET, *, num_images: int = 3) -> dict[str, float]:
         )
         random_canvas = np.asarray(Image.open(left).convert("RGB"))
         # The SAM grid repeats the image column: drop it and keep the split and the weights.
-        sam_canvas = np.asarray(Image.open(right).convert("RGB"))[:, PAD + 224 :]
+        # Its legend would repeat the left one's, cut: keep the left legend only.
+        sam_canvas = np.array(Image.open(right).convert("RGB"))[:, PAD + 224 :]
+        sam_canvas[num_images * (224 + PAD) + PAD :] = 255
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.concatenate([random_canvas, sam_canvas], axis=1)).save(path)
 

@@ -2,7 +2,7 @@ import itertools
 
 import torch
 
-from maskkit import priority_keys
+from maskkit.functional import priority_keys
 
 # Three patches with weights 1, 2 and 5. Plackett-Luce draws patches one after another,
 # each with probability proportional to its weight among those not yet drawn:

@@ -18,6 +18,6 @@ assert split.thrown.shape == (8, 59)  # T: dropped from encoder, decoder and los
 
 tokens = torch.randn(8, 196, 768)  # (B, L, D) patch tokens, after the position embedding
 visible_tokens = split.gather_visible(tokens)  # (B, K, D), the encoder's input
-loss_mask = split.mask()  # (B, L) float, 1 on masked patches only (MAE's `mask`)
+loss_mask = split.loss_mask()  # (B, L) float, 1 on masked patches only (MAE's `mask`)
 assert visible_tokens.shape == (8, 49, 768)
 assert loss_mask.sum(dim=1).eq(88).all()

@@ -1,7 +1,8 @@
 import timm
 import torch
 
-from maskkit import AttentionExtractor, SAMMasker, SyntheticLesions, forward_features_visible
+from maskkit import AttentionExtractor, SAMMasker, forward_features_visible
+from maskkit.demo import SyntheticLesions
 
 # A small timm ViT: 64 px images, 8 px patches, an 8 x 8 grid of L = 64 patches.
 vit = timm.create_model(

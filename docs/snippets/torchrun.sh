@@ -7,6 +7,6 @@ torchrun --nproc_per_node 4 examples/main_finetune.py --data imagefolder \
 
 # 2 CPU processes (gloo), e.g. to try the distributed path without GPUs
 torchrun --nproc_per_node 2 examples/main_pretrain.py --device cpu \
-    --model vit_tiny_patch8_64 --input_size 64 --decoder_embed_dim 64 --decoder_depth 2 \
+    --model vit_micro_patch8_64 --input_size 64 --decoder_embed_dim 64 --decoder_depth 2 \
     --decoder_num_heads 4 --batch_size 16 --epochs 4 --mask_warmup_epochs 2 \
     --refresh_every 2 --warmup_epochs 1 --output_dir runs/pretrain_ddp_cpu

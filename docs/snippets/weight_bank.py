@@ -4,13 +4,14 @@ from torch.utils.data import DataLoader
 
 from maskkit import (
     AttentionExtractor,
+    CropDataset,
     IndexedDataset,
     MaskWeightBank,
     PairedRandomResizedCrop,
     SAMMasker,
-    SyntheticLesions,
-    WeightedCropDataset,
+    align_weights,
 )
+from maskkit.demo import SyntheticLesions
 
 data = SyntheticLesions(16, image_size=64, num_classes=3)  # items: (image, target)
 vit = timm.create_model(
@@ -37,13 +38,15 @@ images = torch.stack([data[i][0] for i in range(4)])
 stored = extractor(images).to(torch.float16).float()  # the bank stores float16 by default
 assert torch.equal(bank[torch.arange(4)], stored)
 
-# Training: each view is a random resized crop (maybe flipped) of its image, and its
-# weights are the image's map moved through the same crop and flip.
-train_set = WeightedCropDataset(data, bank, PairedRandomResizedCrop(64), seed=0)
-train_set.set_epoch(0)  # new crops each epoch: call before iterating
+# Training: each view is a random resized crop (maybe flipped) of its image. The dataset
+# returns the crop it applied; the step moves the batch's maps through the same crops and
+# flips, on the device the step runs on (no bank in the DataLoader workers).
+train_set = CropDataset(data, PairedRandomResizedCrop(64), seed=0)
+train_set.set_epoch(0)  # new crops each epoch: call before creating the epoch's iterator
 loader = DataLoader(train_set, batch_size=8, shuffle=True)
-images, targets, weights, indices = next(iter(loader))
-assert images.shape == (8, 3, 64, 64) and weights.shape == (8, 8, 8)
+views, targets, crops, indices = next(iter(loader))  # crops: CropParams of (8,) tensors
+weights = align_weights(bank[indices], crops, out_grid=(8, 8))
+assert views.shape == (8, 3, 64, 64) and weights.shape == (8, 8, 8)
 
 split = SAMMasker()(8, 64, weights)  # masks where the crop's attention is high
 assert split.visible.shape == (8, 16)

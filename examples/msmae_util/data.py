@@ -1,0 +1,142 @@
+"""Data for the recipes: ``--data synthetic | imagefolder | csv``, the views, the loaders.
+
+Splits hold ``(image, target)``, a (3, H, W) float tensor in [0, 1] (synthetic) or a PIL
+image. The refresh and evaluation views resize the whole image (no crop, no flip), as the
+maps are computed over whole images (AMT, MSMAE); all views are normalised as in MAE.
+"""
+
+from __future__ import annotations
+
+import argparse
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+from timm.data import IMAGENET_DEFAULT_MEAN as MEAN
+from timm.data import IMAGENET_DEFAULT_STD as STD
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+from torchvision.transforms import v2
+
+from maskkit.demo import SyntheticLesions
+
+from .images import CsvImageDataset, UnreadableImageError, image_folder
+from .runtime import DistributedContext
+
+NORMALIZE = v2.Compose([v2.ToImage(), v2.ToDtype(torch.float, scale=True), v2.Normalize(MEAN, STD)])
+
+
+def whole_image(size: int) -> v2.Compose:
+    """The refresh and evaluation view: the whole image resized to ``size`` (bicubic)."""
+    resize = v2.Resize((size, size), interpolation=v2.InterpolationMode.BICUBIC, antialias=True)
+    return v2.Compose([v2.ToImage(), resize, NORMALIZE])
+
+
+class Transformed(Dataset):
+    """``(transform(image), target)`` for each ``(image, target)`` of ``dataset``."""
+
+    def __init__(self, dataset: Any, transform: v2.Transform) -> None:
+        self.dataset, self.transform = dataset, transform
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        image, target = self.dataset[index]
+        return self.transform(image), target
+
+
+class DataSplits(NamedTuple):
+    """Training and validation items, class names, the files ``--skip_corrupt`` dropped and,
+    for ``--data synthetic``, the lesion sets behind the splits (with ground truth)."""
+
+    train: Any
+    val: Any
+    classes: list[str]
+    skipped_files: dict[str, list[str]]
+    lesions_train: SyntheticLesions | None = None
+    lesions_val: SyntheticLesions | None = None
+
+
+def build_datasets(args: argparse.Namespace) -> DataSplits:
+    """The splits ``--data`` names; synthetic images are rendered at ``--input_size``."""
+    lesions: tuple[SyntheticLesions, ...] = ()
+    if args.data == "synthetic":
+        options = dict(image_size=args.input_size, num_classes=args.num_classes)
+        options["lesion_size"] = args.lesion_size
+        train = SyntheticLesions(args.num_train, seed=args.seed, **options)
+        val = SyntheticLesions(args.num_val, seed=args.seed + 1, **options)  # no shared image
+        lesions = (train, val)
+    elif args.data == "imagefolder":
+        if args.data_path is None:
+            raise ValueError("--data imagefolder needs --data_path DIR with train/ and val/")
+        train = image_folder(Path(args.data_path) / "train")
+        val = image_folder(Path(args.data_path) / "val", train.classes)
+    else:
+        missing = [f"--{k}" for k in ("csv_train", "csv_val", "image_dir") if not getattr(args, k)]
+        if missing:
+            raise ValueError(f"--data csv needs {', '.join(missing)}")
+        columns = dict(id_column=args.id_column, label_column=args.label_column)
+        columns["extension"] = args.image_ext
+        train = CsvImageDataset(args.csv_train, args.image_dir, **columns)
+        val = CsvImageDataset(args.csv_val, args.image_dir, **columns, classes=train.classes)
+    classes, skipped = train.classes, {"train": [], "val": []}
+    if args.skip_corrupt or args.cache_images:
+        (train, skipped["train"]), (val, skipped["val"]) = _read(train, args), _read(val, args)
+    return DataSplits(train, val, classes, skipped, *lesions)
+
+
+def _read(dataset: Any, args: argparse.Namespace) -> tuple[Any, list[str]]:
+    """Read every item once, in threads (Pillow decodes outside the GIL). Returns the items
+    as a list (``--cache_images``) or ``dataset`` itself, and the unreadable files, which
+    ``--skip_corrupt`` drops from the split with a warning."""
+
+    def read(index: int) -> Any:
+        try:
+            item = dataset[index]
+        except UnreadableImageError as err:
+            if not args.skip_corrupt:
+                raise
+            return err
+        return item if args.cache_images else None
+
+    with ThreadPoolExecutor(max(args.num_workers, 1)) as pool:
+        items = list(pool.map(read, range(len(dataset))))
+    bad = {i for i, item in enumerate(items) if isinstance(item, UnreadableImageError)}
+    skipped = [dataset.samples[i][0] for i in sorted(bad)]
+    for path, i in zip(skipped, sorted(bad), strict=True):
+        warnings.warn(f"skipping unreadable image {path}: {items[i].__cause__}", stacklevel=3)
+    if args.cache_images:
+        return [item for i, item in enumerate(items) if i not in bad], skipped
+    if bad:
+        dataset.samples = [sample for i, sample in enumerate(dataset.samples) if i not in bad]
+        dataset.targets = [target for _, target in dataset.samples]
+    return dataset, skipped
+
+
+def train_loader(
+    dataset: Dataset, args: argparse.Namespace, ctx: DistributedContext
+) -> tuple[DataLoader, DistributedSampler]:
+    """Shuffled loader over this rank's shard; call ``sampler.set_epoch(epoch)`` every epoch.
+    The order depends on ``(--seed, epoch)`` only (resume sees the same batches); the last
+    incomplete batch is dropped (as MAE). No persistent workers: each epoch's workers copy
+    the :class:`maskkit.CropDataset` with its new epoch."""
+    sampler = DistributedSampler(dataset, ctx.world_size, ctx.rank, shuffle=True, seed=args.seed)
+    if len(sampler) < args.batch_size:
+        raise ValueError(
+            f"each of the {ctx.world_size} process(es) gets {len(sampler)} training samples, "
+            f"fewer than --batch_size {args.batch_size}; lower --batch_size or add data"
+        )
+    options = dict(num_workers=args.num_workers, pin_memory=ctx.device.type == "cuda")
+    return DataLoader(dataset, args.batch_size, sampler=sampler, drop_last=True, **options), sampler
+
+
+def eval_loader(dataset: Dataset, args: argparse.Namespace, ctx: DistributedContext) -> DataLoader:
+    """In-order loader over every ``world_size``-th sample (none twice), with a generator of
+    its own, so that evaluating draws nothing from the global RNG."""
+    shard = Subset(dataset, range(ctx.rank, len(dataset), ctx.world_size))
+    options = dict(num_workers=args.num_workers, pin_memory=ctx.device.type == "cuda")
+    return DataLoader(
+        shard, args.batch_size, generator=torch.Generator().manual_seed(args.seed), **options
+    )
