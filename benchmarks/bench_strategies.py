@@ -1,13 +1,10 @@
 """The MIM strategies of issue 13 against the per-sample generators they replace.
 
-Self-contained: every candidate is a ``torch.utils.benchmark.Timer`` measured with
-``blocked_autorange``, interleaved in one process (each round times every candidate once,
-in an order rotated from round to round) and reported as the median over all blocks.
-For B in {64, 256, 1024} and L in {196, 784} (14 x 14 and 28 x 28 grids):
+Timed with ``common.measure`` (``torch.utils.benchmark`` blocks, interleaved rounds), in one
+process, for B in {64, 256, 1024} and L in {196, 784} (14 x 14 and 28 x 28 grids):
 
 ========================  =====================================================================
-``mae_floor``             MAE's ``random_masking`` index part (facebookresearch/mae): argsort of
-                          uniform noise, its inverse by a second argsort, the gathered mask.
+``mae_floor``             MAE's ``random_masking`` index part, ``bench_masking.mae_floor``.
 ``block``                 ``BlockMasker(0.4)`` (BEiT masks 75 of 196 patches, about 0.4).
 ``beit_reference``        BEiT's generator (microsoft/unilm ``masking_generator.py``) for the same
                           count, min 16 patches per block: one numpy mask per sample (Python
@@ -32,19 +29,15 @@ Ratios are ``reference / maskkit`` (how many times faster maskkit is) and
 (``ratios``) and, as a figure robust to other processes on a shared CPU, from the fastest
 block of each candidate (``ratios_min``).
 
-    python benchmarks/bench_strategies.py --device cpu --threads 1    # ~5 min on 2 cores
-    python benchmarks/bench_strategies.py --quick                      # ~20 s smoke run
+    python benchmarks/run.py --device cpu --threads 1 --only strategies   # ~5 min on 2 cores
+    python benchmarks/bench_strategies.py --quick                         # ~20 s smoke run
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
-import platform
 import random
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -52,17 +45,23 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.benchmark import Measurement, Timer
+from bench_masking import mae_floor
+from common import (
+    MEASUREMENTS,
+    TIMING_METHOD,
+    environment,
+    fmt,
+    measure,
+    ratio,
+    resolve_device,
+    write_json,
+)
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from maskkit.attmask import AttMaskMasker  # noqa: E402
-from maskkit.blockwise import BlockMasker, UnitMasker  # noqa: E402
-from maskkit.functional import split_counts  # noqa: E402
-from maskkit.hardpatch import HardPatchMasker  # noqa: E402
-from maskkit.noise import NoisePatternMasker, color_noise  # noqa: E402
+from maskkit.attmask import AttMaskMasker
+from maskkit.blockwise import BlockMasker, UnitMasker
+from maskkit.functional import split_counts
+from maskkit.hardpatch import HardPatchMasker
+from maskkit.noise import NoisePatternMasker, color_noise
 
 __all__ = [
     "BATCH_SIZES",
@@ -71,7 +70,6 @@ __all__ = [
     "beit_reference",
     "colormae_reference",
     "hpm_reference",
-    "mae_floor",
     "run",
     "simmim_reference",
 ]
@@ -95,17 +93,6 @@ TARGETS = [
 
 
 # ---- references: the original algorithms, re-implemented for timing -----------------------
-
-
-def mae_floor(batch_size: int, num_patches: int, device: torch.device) -> tuple[torch.Tensor, ...]:
-    """MAE's random masking without the token gather (mask ratio 0.75)."""
-    len_keep = int(num_patches * 0.25)
-    noise = torch.rand(batch_size, num_patches, device=device)
-    ids_shuffle = torch.argsort(noise, dim=1)
-    ids_restore = torch.argsort(ids_shuffle, dim=1)
-    mask = torch.ones(batch_size, num_patches, device=device)
-    mask[:, :len_keep] = 0
-    return ids_shuffle[:, :len_keep], torch.gather(mask, 1, ids_restore), ids_restore
 
 
 class _BEiTGenerator:
@@ -240,27 +227,6 @@ def colormae_reference(
 # ---- timing --------------------------------------------------------------------------------
 
 
-def _measure(
-    candidates: dict[str, Callable[[], Any]], *, rounds: int, min_run_time: float
-) -> dict[str, Measurement]:
-    """Interleaved ``blocked_autorange``: ``rounds`` rounds, order rotated each round."""
-    names = list(candidates)
-    for fn in candidates.values():
-        fn()  # warm-up, untimed
-    pooled: dict[str, list[Measurement]] = {name: [] for name in names}
-    for r in range(rounds):
-        for name in names[r % len(names) :] + names[: r % len(names)]:
-            timer = Timer(
-                stmt="fn()",
-                globals={"fn": candidates[name]},
-                label="strategies",
-                description=name,
-                num_threads=torch.get_num_threads(),
-            )
-            pooled[name].append(timer.blocked_autorange(min_run_time=min_run_time))
-    return {name: Measurement.merge(runs)[0] for name, runs in pooled.items()}
-
-
 def _candidates(batch_size: int, num_patches: int, device: torch.device) -> dict[str, Callable]:
     side = math.isqrt(num_patches)
     grid = (side, side)
@@ -288,24 +254,36 @@ def _candidates(batch_size: int, num_patches: int, device: torch.device) -> dict
     }
 
 
-def run(device: torch.device | str = "cpu", quick: bool = False) -> dict[str, Any]:
+def _ratios(row: dict[str, float]) -> dict[str, float | None]:
+    ratios = {}
+    for name, reference in STRATEGIES.items():
+        ratios[f"{name}_vs_{reference}"] = ratio(row[reference], row[name])
+        ratios[f"{name}_vs_mae_floor"] = ratio(row[name], row["mae_floor"])
+    return ratios
+
+
+def _holds(value: float | None, op: str, limit: float) -> bool:
+    return value is not None and (value >= limit if op == ">=" else value <= limit)
+
+
+def run(device: str = "cpu", quick: bool = False) -> dict[str, Any]:
     """Time every strategy and its reference; return a JSON-able dict.
 
     Args:
-        device: where to run ("cpu", "cuda", ...).
+        device: ``"cpu"`` or ``"cuda"``.
         quick: B = 64 and L = 196 only, short timing: a smoke run.
 
     Returns:
-        ``{"device", "host", "versions", "quick", "timing", "sizes", "medians_ms",
-        "min_ms", "iqr_ms", "ratios", "ratios_min", "summary", "summary_min", "targets",
-        "wall_s"}``; ``medians_ms[size][candidate]`` in ms per call, ``ratios[size]`` with
+        ``{"timing", "sizes", "medians_ms", "min_ms", "iqr_ms", "ratios", "ratios_min",
+        "summary", "summary_min", "summary_size", "targets", "wall_s"}`` and the
+        measurements for run.py's tables under ``common.MEASUREMENTS``;
+        ``medians_ms[size][candidate]`` in ms per call, ``ratios[size]`` with
         ``<strategy>_vs_<reference>`` (reference / maskkit) and ``<strategy>_vs_mae_floor``
         (maskkit / floor), ``summary`` the ratios at B = 256, L = 196 (or the quick size);
         the ``_min`` variants use each candidate's fastest block.
     """
-    device = torch.device(device)
+    dev = resolve_device(device)
     start = time.perf_counter()
-    load_start = _load_average()
     random.seed(0)
     np.random.seed(0)
     torch.manual_seed(0)
@@ -314,21 +292,27 @@ def run(device: torch.device | str = "cpu", quick: bool = False) -> dict[str, An
     medians: dict[str, dict[str, float]] = {}
     minima: dict[str, dict[str, float]] = {}
     iqrs: dict[str, dict[str, float]] = {}
-    ratios: dict[str, dict[str, float]] = {}
-    ratios_min: dict[str, dict[str, float]] = {}
+    ratios: dict[str, dict[str, float | None]] = {}
+    ratios_min: dict[str, dict[str, float | None]] = {}
+    measurements = []
     for batch_size, num_patches in sizes:
         key = f"B={batch_size},L={num_patches}"
-        measured = _measure(
-            _candidates(batch_size, num_patches, device), rounds=rounds, min_run_time=min_run_time
+        candidates = _candidates(batch_size, num_patches, dev)
+        measured = measure(
+            candidates,
+            label="strategies",
+            sub_label=key,
+            rounds=rounds,
+            min_run_time=min_run_time,
         )
+        measurements += measured.values()
         medians[key] = {name: m.median * 1e3 for name, m in measured.items()}
         minima[key] = {name: min(m.times) * 1e3 for name, m in measured.items()}
         iqrs[key] = {name: m.iqr * 1e3 for name, m in measured.items()}
         ratios[key] = _ratios(medians[key])
         ratios_min[key] = _ratios(minima[key])
     summary_key = "B=64,L=196" if quick else "B={},L={}".format(*SUMMARY_SIZE)
-    summary = dict(ratios[summary_key])
-    summary_min = dict(ratios_min[summary_key])
+    summary, summary_min = ratios[summary_key], ratios_min[summary_key]
     targets = {
         key: {
             "target": f"{op} {limit}",
@@ -339,70 +323,37 @@ def run(device: torch.device | str = "cpu", quick: bool = False) -> dict[str, An
         for key, op, limit in TARGETS
     }
     return {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else device.type,
-        "host": {
-            "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-            "load_average_1_5_15min": load_start,
-            "load_average_end_1_5_15min": _load_average(),
-        },
-        "versions": {
-            "torch": torch.__version__,
-            "numpy": np.__version__,
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-        },
-        "quick": quick,
-        "timing": {
-            "method": "Timer.blocked_autorange, interleaved",
-            "rounds": rounds,
-            "min_run_time_s": min_run_time,
-        },
+        "timing": {"method": TIMING_METHOD, "rounds": rounds, "min_run_time_s": min_run_time},
         "sizes": [list(size) for size in sizes],
         "medians_ms": medians,
         "min_ms": minima,
         "iqr_ms": iqrs,
         "ratios": ratios,
         "ratios_min": ratios_min,
-        "summary": summary,
-        "summary_min": summary_min,
+        "summary": dict(summary),
+        "summary_min": dict(summary_min),
         "summary_size": summary_key,
         "targets": targets,
         "wall_s": time.perf_counter() - start,
+        MEASUREMENTS: measurements,
     }
-
-
-def _load_average() -> list[float] | None:
-    return list(os.getloadavg()) if hasattr(os, "getloadavg") else None
-
-
-def _ratios(row: dict[str, float]) -> dict[str, float]:
-    ratios = {}
-    for name, reference in STRATEGIES.items():
-        ratios[f"{name}_vs_{reference}"] = row[reference] / row[name]
-        ratios[f"{name}_vs_mae_floor"] = row[name] / row["mae_floor"]
-    return ratios
-
-
-def _holds(value: float, op: str, limit: float) -> bool:
-    return value >= limit if op == ">=" else value <= limit
 
 
 def format_table(result: dict[str, Any]) -> str:
     """Medians (ms) per size, then the ratios, as plain-text tables."""
-    lines = []
-    for key, row in result["medians_ms"].items():
-        lines.append(f"{key}: " + ", ".join(f"{name} {ms:.3f}" for name, ms in row.items()))
+    lines = [
+        f"{key}: " + ", ".join(f"{name} {fmt(ms)}" for name, ms in row.items())
+        for key, row in result["medians_ms"].items()
+    ]
     lines.append("")
-    names = list(STRATEGIES)
     header = f"{'size':22s}" + "".join(
-        f"{name + ' x ref':>16s}{name + '/floor':>14s}" for name in names
+        f"{name + ' x ref':>16s}{name + '/floor':>14s}" for name in STRATEGIES
     )
     lines.append(header)
     for label, table in (("median", result["ratios"]), ("min", result["ratios_min"])):
         for key, row in table.items():
             cells = "".join(
-                f"{row[f'{name}_vs_{ref}']:16.1f}{row[f'{name}_vs_mae_floor']:14.2f}"
+                f"{fmt(row[f'{name}_vs_{ref}'], 1):>16s}{fmt(row[f'{name}_vs_mae_floor'], 2):>14s}"
                 for name, ref in STRATEGIES.items()
             )
             lines.append(f"{key + ' ' + label:22s}{cells}")
@@ -410,25 +361,26 @@ def format_table(result: dict[str, Any]) -> str:
     for name, target in result["targets"].items():
         status = "met" if target["met"] else "MISSED"
         lines.append(
-            f"{name:34s} {target['value']:8.2f} (min-based {target['value_min']:6.2f})  "
-            f"target {target['target']:8s} {status}"
+            f"{name:34s} {fmt(target['value'], 2):>8s} (min-based {fmt(target['value_min'], 2)})"
+            f"  target {target['target']:8s} {status}"
         )
     return "\n".join(lines)
 
 
 def _main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    facts = environment(resolve_device(args.device))  # the load average before the run
     result = run(args.device, quick=args.quick)
+    result.pop(MEASUREMENTS)
     print(format_table(result))
     if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
+        write_json(args.out, {**facts, "quick": args.quick, **result})
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""One epoch of MSMAE fine-tuning (SAM keeps a quarter of the tokens) and the evaluation."""
+"""One epoch of MSMAE fine-tuning (SAM or random masking keeps a quarter of the tokens), with
+an optional cls-token loss and weight EMA, and the evaluation."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from msmae_util.runtime import all_reduce_mean, all_reduce_sum
 from timm.scheduler.scheduler import Scheduler
+from timm.utils import ModelEmaV3
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
@@ -32,6 +34,8 @@ def train_one_epoch(
     masker: SAMMasker | None = None,
     bank: MaskWeightBank | None = None,
     label_smoothing: float = 0.0,
+    cls_loss_weight: float = 0.0,
+    ema: ModelEmaV3 | None = None,
     amp_dtype: torch.dtype | None = None,
     clip_grad: float | None = None,
     progress: bool = True,
@@ -39,9 +43,11 @@ def train_one_epoch(
     """Fine-tune ``model`` for one epoch.
 
     With a masker (MSMAE Sec. 3.3) each batch is split by the ``bank``'s maps, aligned on
-    the device with each view's crop and flip (uniform weights without a bank), and only
-    the visible tokens are encoded; masked and thrown tokens are simply dropped. Without a
-    masker every token is encoded (plain fine-tuning).
+    the device with each view's crop and flip (uniform weights without a bank: random
+    masking at the same counts), and only the visible tokens are encoded; masked and thrown
+    tokens are simply dropped. Without a masker every token is encoded (plain fine-tuning).
+    With ``cls_loss_weight`` > 0 the loss adds that weight times the cross-entropy of the
+    model's cls-token head; with ``ema`` the moving average follows every step.
 
     Args:
         model: a :class:`~models_msmae.VisibleTokenClassifier` (maybe DDP-wrapped);
@@ -56,17 +62,21 @@ def train_one_epoch(
         masker: SAM masker, or None to encode all tokens.
         bank: the whole-image maps to mask by.
         label_smoothing: cross-entropy label smoothing (MAE fine-tuning: 0.1).
+        cls_loss_weight: weight of the cls-token head's loss (the model needs that head).
+        ema: timm's ``ModelEmaV3`` of the unwrapped model, updated after each step with the
+            global step count (so that a resumed run continues its warm-up exactly).
         amp_dtype: autocast dtype on CUDA, or None for full precision.
         clip_grad: max gradient norm, or None.
         progress: show a tqdm bar.
 
     Returns:
-        Epoch means over all ranks: ``loss``, ``acc`` (on the training views) and the last
-        ``lr`` (of the top layer).
+        Epoch means over all ranks: ``loss``, ``acc`` (on the training views), ``cls_loss``
+        (with the cls-token head) and the last ``lr`` (of the top layer).
     """
     model.train()
-    grid = (model.module if isinstance(model, DistributedDataParallel) else model).grid
-    totals = {"loss": 0.0, "acc": 0.0}
+    plain = model.module if isinstance(model, DistributedDataParallel) else model
+    grid = plain.grid
+    totals = {"loss": 0.0, "acc": 0.0} | ({"cls_loss": 0.0} if cls_loss_weight > 0 else {})
     steps = len(data_loader)  # type: ignore[arg-type]
     bar = tqdm(data_loader, desc=f"finetune {epoch}", disable=not progress)
     for step, (images, targets, crops, indices) in enumerate(bar):
@@ -81,8 +91,15 @@ def train_one_epoch(
             split = masker(images.shape[0], grid[0] * grid[1], weights, device=device)
             visible = split.visible
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            logits = model(images, visible)
+            if cls_loss_weight > 0:
+                logits, cls_logits = model(images, visible, with_cls=True)
+            else:
+                logits = model(images, visible)
         loss = F.cross_entropy(logits.float(), targets, label_smoothing=label_smoothing)
+        if cls_loss_weight > 0:
+            cls_loss = F.cross_entropy(cls_logits.float(), targets, label_smoothing=label_smoothing)
+            totals["cls_loss"] += cls_loss.item()
+            loss = loss + cls_loss_weight * cls_loss
         loss_value = loss.item()
         if not math.isfinite(loss_value):
             sys.exit(f"loss is {loss_value} at epoch {epoch}, step {step}; stopping training")
@@ -93,6 +110,8 @@ def train_one_epoch(
             nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
         loss_scaler.step(optimizer)
         loss_scaler.update()
+        if ema is not None:
+            ema.update(plain, step=epoch * steps + step + 1)
 
         totals["loss"] += loss_value
         totals["acc"] += (logits.argmax(-1) == targets).float().mean().item()

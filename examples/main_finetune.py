@@ -1,19 +1,35 @@
 """MSMAE fine-tuning: a timm ViT that encodes only SAM's visible quarter of the tokens.
 
 Mao et al., "MSMAE", Sec. 3.3 and Tab. 5. The pre-trained encoder is loaded into a timm
-ViT that averages its patch tokens (``global_pool="avg"``). With ``--masker sam`` the
-cls-attention maps of the model being fine-tuned are refreshed every ``--refresh_every``
-(20) epochs, starting before the first, and each training view keeps only its visible 25%
-of tokens (45% masked and 30% thrown by the maps); ``--masker none`` is plain full-token
-fine-tuning, the baseline. Evaluation always uses every token and reports top-1 accuracy,
-per-class recall and the confusion matrix.
+ViT that averages its patch tokens (``global_pool="avg"``). With ``--masker sam`` each
+training view keeps only its visible 25% of tokens (45% masked and 30% thrown by the
+cls-attention maps); ``--masker random`` keeps the same 25%, drawn uniformly (the control
+that tells "fewer tokens" from "attention-driven tokens"); ``--masker none`` is plain
+full-token fine-tuning, the baseline. Evaluation always uses every token and reports top-1
+accuracy, per-class recall and the confusion matrix.
+
+Where SAM's maps come from (``--map_source``): the paper refreshes them from the model
+being fine-tuned every ``--refresh_every`` (20) epochs (``refresh``). That model pools its
+patch tokens, so the last block's cls query, whose attention row is the map, gets no
+gradient from the loss: refreshed maps drift unsupervised. ``pretrained`` (the default)
+computes them once, before the first epoch, from the pre-trained encoder (the maps whose
+supervised quality MSMAE pre-training built) and keeps them; ``refresh_cls`` refreshes them
+but keeps the cls token supervised by a second head beside the pooled one.
+
+Checkpoint selection uses the validation split only (``best.pth``); the test split (an
+image folder's ``test/``, ``--csv_test``, the synthetic ``--num_test`` images) is reported
+for the final and for the val-selected model and never selects anything. ``--model_ema``
+also keeps timm's ``ModelEmaV3`` of the weights (reported beside the raw model, selected
+on val into ``best_ema.pth``), a standard remedy for late-training swings.
 
 One process (CPU or one GPU)::
 
     python examples/main_finetune.py --finetune runs/pretrain_sam/checkpoint.pth \\
         --output_dir runs/finetune_sam
 
-A tiny CPU run (after the tiny pre-training of main_pretrain.py)::
+``--finetune`` also takes a facebookresearch/mae checkpoint (``mae_pretrain_vit_base.pth``)
+or a timm ``VisionTransformer`` state dict. A tiny CPU run (after the tiny pre-training of
+main_pretrain.py)::
 
     python examples/main_finetune.py --model vit_micro_patch8_64 --input_size 64 \\
         --batch_size 32 --epochs 6 --warmup_epochs 1 --refresh_every 3 \\
@@ -26,10 +42,11 @@ Several GPUs (or CPU processes, with ``--device cpu``) on one machine, with torc
         --output_dir runs/finetune_sam
 
 Outputs in ``--output_dir`` (rank 0 only): ``checkpoint.pth`` (every epoch, atomic; its
-``"model"`` entry loads into the timm model directly), ``log.jsonl``, ``masks_epochNNN.png``
-(at every refresh) and ``summary.json``. A folder holding results is refused unless
-``--resume`` or ``--overwrite``. ``--resume OUTPUT_DIR/checkpoint.pth`` continues exactly (with
-the checkpoint's settings; ``--allow_changed_args`` lets named options differ);
+``"model"`` entry loads into the timm model directly), ``best.pth`` (the val-selected
+weights; ``best_ema.pth`` for the EMA), ``log.jsonl``, ``masks_epochNNN.png`` (at every
+refresh) and ``summary.json``. A folder holding results is refused unless ``--resume`` or
+``--overwrite``. ``--resume OUTPUT_DIR/checkpoint.pth`` continues exactly (with the
+checkpoint's settings; ``--allow_changed_args`` lets named options differ);
 ``--stop_after_epoch N`` exits after epoch N's checkpoint, to be resumed later.
 """
 
@@ -37,15 +54,23 @@ from __future__ import annotations
 
 import argparse
 import math
+import statistics
 import time
 from typing import Any
 
 import torch
 from engine_finetune import evaluate, train_one_epoch
-from models_msmae import VisibleTokenClassifier, create_vit, load_pretrained_encoder, vit_grid
+from models_msmae import (
+    VisibleTokenClassifier,
+    create_vit,
+    load_init_encoder,
+    read_init_weights,
+    vit_grid,
+)
 from msmae_util.data import (
     NORMALIZE,
     Transformed,
+    add_data_arguments,
     build_datasets,
     eval_loader,
     train_loader,
@@ -69,18 +94,19 @@ from msmae_util.runs import (
     prepare_output_dir,
     ratio,
     run_main,
-    scale,
     stop_after,
 )
 from msmae_util.runtime import (
     DistributedContext,
     all_gather_objects,
     amp_settings,
+    barrier,
     cosine_scheduler,
     init_distributed,
     print0,
 )
-from timm.optim import create_optimizer_v2
+from timm.optim import create_optimizer_v2, param_groups_layer_decay, param_groups_weight_decay
+from timm.utils import ModelEmaV3
 from torch.nn.parallel import DistributedDataParallel
 
 from maskkit import (
@@ -93,9 +119,17 @@ from maskkit import (
     SAMMasker,
 )
 
-__all__ = ["check_args", "get_args_parser", "main"]
+__all__ = ["MAP_SOURCES", "NO_TEST", "check_args", "get_args_parser", "main", "report", "stability"]
 
 SCRIPT = "main_finetune.py"  # recorded in the checkpoints: --resume checks who wrote one
+MAP_SOURCES = ("pretrained", "refresh", "refresh_cls")
+# The val-selected weights of the raw model and of its EMA.
+_BEST = {"raw": "best.pth", "ema": "best_ema.pth"}
+NO_TEST = (
+    "no test split (add DATA_PATH/test/<class>/, --csv_test or --num_test): only the final "
+    "model's val figures are reported; the val-selected model (best.pth) gets none, since "
+    "val chose it"
+)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -118,20 +152,51 @@ def get_args_parser() -> argparse.ArgumentParser:
     model.add_argument("--input_size", default=224, type=int, help="image side in pixels")
     model.add_argument("--drop_path", default=0.1, type=float, help="stochastic depth rate")
     model.add_argument(
-        "--finetune", default="", help="pre-training checkpoint (main_pretrain.py); empty: scratch"
+        "--finetune",
+        default="",
+        help="initial weights: a main_pretrain.py checkpoint, a facebookresearch/mae "
+        "checkpoint or a timm VisionTransformer state dict (heads start fresh); empty: scratch",
+    )
+    model.add_argument(
+        "--model_ema",
+        action="store_true",
+        help="also keep an exponential moving average of the weights (timm ModelEmaV3, "
+        "with its decay warm-up), evaluated and reported beside the raw model",
+    )
+    model.add_argument(
+        "--model_ema_decay",
+        default=0.9998,
+        type=float,
+        help="the EMA's decay at most; the warm-up decay at step t is 1 - (1 + t)^(-2/3)",
     )
 
     masking = parser.add_argument_group("masking")
     masking.add_argument(
         "--masker",
         default="sam",
-        choices=["sam", "none"],
-        help="sam: encode only the visible tokens of a SAM split while training; "
-        "none: every token (the baseline)",
+        choices=["sam", "random", "none"],
+        help="sam: encode only the visible tokens of a SAM split while training; random: as "
+        "many visible tokens, drawn uniformly (the control); none: every token (the baseline)",
     )
     masking.add_argument("--mask_ratio", default=0.45, type=ratio, help="masked share (dropped)")
     masking.add_argument("--throw_ratio", default=0.30, type=ratio, help="thrown share (dropped)")
-    masking.add_argument("--refresh_every", default=20, type=int, help="epochs between refreshes")
+    masking.add_argument(
+        "--map_source",
+        default="pretrained",
+        choices=MAP_SOURCES,
+        help="SAM's maps: pretrained: from the pre-trained encoder, once, kept; refresh: from "
+        "the model being fine-tuned every --refresh_every epochs (the paper); refresh_cls: "
+        "refresh, with the cls token kept supervised by a second head",
+    )
+    masking.add_argument(
+        "--refresh_every", default=20, type=int, help="epochs between refreshes (refresh*)"
+    )
+    masking.add_argument(
+        "--cls_head_weight",
+        default=0.1,
+        type=float,
+        help="refresh_cls: weight of the cls head's cross-entropy (pre-training's λ)",
+    )
 
     optim = parser.add_argument_group("optimizer (AdamW, betas (0.9, 0.999), as MAE)")
     optim.add_argument("--weight_decay", default=0.05, type=float)
@@ -145,48 +210,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     optim.add_argument("--layer_decay", default=0.75, type=float, help="layer-wise lr decay")
     optim.add_argument("--smoothing", default=0.1, type=float, help="label smoothing")
 
-    data = parser.add_argument_group("data")
-    data.add_argument(
-        "--data",
-        default="synthetic",
-        choices=["synthetic", "imagefolder", "csv"],
-        help="synthetic: built-in lesions (maskkit.demo.SyntheticLesions); imagefolder: "
-        "DATA_PATH/train/<class>/* and DATA_PATH/val/<class>/*; csv: --csv_train/--csv_val "
-        "tables of image ids and labels (HAM10000, Messidor-2) with images in --image_dir",
-    )
-    data.add_argument("--data_path", "--data-path", default=None, help="--data imagefolder root")
-    data.add_argument("--csv_train", default=None, help="training table of --data csv")
-    data.add_argument("--csv_val", default=None, help="validation table of --data csv")
-    data.add_argument("--image_dir", default=None, nargs="+", help="folder(s) of the csv images")
-    data.add_argument("--id_column", default="image_id", help="CSV column of image ids")
-    data.add_argument("--label_column", default="dx", help="CSV column of labels")
-    data.add_argument("--image_ext", default=".jpg", help="appended to CSV ids without one")
-    data.add_argument(
-        "--skip_corrupt",
-        action="store_true",
-        help="read every image at start and drop unreadable ones (listed in summary.json) "
-        "instead of stopping with an error that names the file",
-    )
-    data.add_argument("--num_train", default=1200, type=int, help="synthetic training images")
-    data.add_argument("--num_val", default=300, type=int, help="synthetic validation images")
-    data.add_argument("--num_classes", default=3, type=int, help="synthetic classes (2-7)")
-    data.add_argument("--lesion_size", default=0.08, type=float, help="synthetic lesion radius")
-    data.add_argument(
-        "--crop_min_scale",
-        default=0.2,
-        type=scale,
-        help="smallest crop area of RandomResizedCrop, as a share of the image (MSMAE: 0.2)",
-    )
-    data.add_argument(
-        "--cache_images",
-        action="store_true",
-        help="decode (or render) every image once, up front, and keep it in memory",
-    )
-    data.add_argument("--num_workers", default=4, type=int)
+    add_data_arguments(parser)
 
     runtime = parser.add_argument_group("runtime")
     runtime.add_argument("--output_dir", default="runs/finetune", help="where rank 0 writes")
-    runtime.add_argument("--resume", default="", help="checkpoint to continue from")
+    runtime.add_argument(
+        "--resume", default="", help="checkpoint.pth of the run to continue, with its settings"
+    )
     runtime.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     runtime.add_argument(
         "--amp",
@@ -204,9 +234,18 @@ def check_args(args: argparse.Namespace) -> None:
     """Reject impossible settings before anything is built (the ratios' ranges are checked
     by the parser already)."""
     num_patches = math.prod(vit_grid(args.model, args.input_size))
-    if args.masker == "sam":  # masked and thrown tokens are both dropped: none need be masked
+    if args.masker != "none":  # masked and thrown tokens are both dropped: none need be masked
         mask, throw = ("--mask_ratio", args.mask_ratio), ("--throw_ratio", args.throw_ratio)
         check_split(num_patches, mask, throw, need_masked=False)
+    # (A resumed run has its maps in the checkpoint.)
+    needs_init = args.masker == "sam" and args.map_source == "pretrained" and not args.resume
+    if needs_init and not args.finetune:
+        raise ValueError(
+            "--map_source pretrained takes SAM's maps from the pre-trained encoder, but "
+            "no --finetune checkpoint is given; from scratch use --map_source refresh"
+        )
+    if args.model_ema and not 0 < args.model_ema_decay < 1:
+        raise ValueError(f"--model_ema_decay must lie in (0, 1), got {args.model_ema_decay}")
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
@@ -218,6 +257,21 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         return _finetune(args, ctx)
     finally:
         ctx.close()
+
+
+def stability(history: list[float]) -> dict[str, Any] | None:
+    """How much val top-1 moved over the last quarter of the epochs (at least 2): the
+    late-training swing that a single final or best figure hides."""
+    tail = history[-max(2, len(history) // 4) :]
+    if len(tail) < 2:
+        return None
+    first = len(history) - len(tail)
+    return {
+        "epochs": [first, len(history) - 1],
+        "val_acc1_min": min(tail),
+        "val_acc1_max": max(tail),
+        "val_acc1_std": statistics.pstdev(tail),
+    }
 
 
 def _finetune(args: argparse.Namespace, ctx: DistributedContext) -> dict[str, Any]:
@@ -235,9 +289,9 @@ def _finetune(args: argparse.Namespace, ctx: DistributedContext) -> dict[str, An
         changed = check_resume_args(checkpoint, args, world_size=ctx.world_size, path=args.resume)
         if (finished := finished_summary(checkpoint, args, output_dir)) is not None:
             return finished
-    pretrained = None
+    pretrained, source = None, "scratch"
     if args.finetune and checkpoint is None:  # a resumed run loads every weight
-        pretrained = load_checkpoint(args.finetune, expect="main_pretrain.py", option="--finetune")
+        pretrained, source = read_init_weights(args.finetune, option="--finetune")
     print0(f"MSMAE fine-tuning: {ctx.world_size} process(es) on {device}, lr {args.lr:.3g}")
     torch.manual_seed(args.seed + ctx.rank)
 
@@ -251,9 +305,11 @@ def _finetune(args: argparse.Namespace, ctx: DistributedContext) -> dict[str, An
         drop_path_rate=args.drop_path,
     )
     if pretrained is not None:
-        load_pretrained_encoder(vit, pretrained["model"])
-        print0(f"loaded the pre-trained encoder of {args.finetune}")
-    model = VisibleTokenClassifier(vit).to(device)
+        load_init_encoder(vit, pretrained, f"--finetune {args.finetune} ({source})")
+        print0(f"loaded the encoder of {args.finetune} ({source} format); the head is new")
+    map_source = args.map_source if args.masker == "sam" else None
+    cls_weight = args.cls_head_weight if map_source == "refresh_cls" else 0.0
+    model = VisibleTokenClassifier(vit, cls_head=cls_weight > 0).to(device)
     bank = MaskWeightBank(len(splits.train), grid=model.grid)
     crop = PairedRandomResizedCrop(args.input_size, scale=(args.crop_min_scale, 1.0))
     train_set = CropDataset(splits.train, crop, seed=args.seed, post_transform=NORMALIZE)
@@ -261,54 +317,75 @@ def _finetune(args: argparse.Namespace, ctx: DistributedContext) -> dict[str, An
     whole = whole_image(args.input_size)
     refresh_loader = eval_loader(IndexedDataset(Transformed(splits.train, whole)), args, ctx)
     val_loader = eval_loader(Transformed(splits.val, whole), args, ctx)
+    test_loader = None
+    if splits.test is not None:
+        test_loader = eval_loader(Transformed(splits.test, whole), args, ctx)
     extractor = AttentionExtractor(vit)
 
     # Layer-wise lr decay 0.75 (BEiT, MAE fine-tuning) from timm's group_matcher; no weight
-    # decay on biases, norms and vit.no_weight_decay() (tokens, position embedding).
-    optimizer = create_optimizer_v2(
+    # decay on biases, norms and vit.no_weight_decay() (tokens, position embedding). The
+    # cls head, if any, trains at the top layer's lr.
+    groups = param_groups_layer_decay(
         vit,
-        opt="adamw",
-        lr=args.lr,
         weight_decay=args.weight_decay,
-        betas=(0.9, 0.999),
         layer_decay=args.layer_decay,
+        no_weight_decay_list=vit.no_weight_decay(),
+    )
+    if model.cls_head is not None:
+        groups += param_groups_weight_decay(model.cls_head, args.weight_decay)
+    optimizer = create_optimizer_v2(
+        groups, opt="adamw", lr=args.lr, weight_decay=args.weight_decay, betas=(0.9, 0.999)
     )
     lr_scheduler = cosine_scheduler(optimizer, args, len(loader))
-    # Maps from the model being fine-tuned: before the first epoch, then every K epochs.
+    # SAM's maps: before the first epoch, then every K epochs (refresh*) or never again.
     schedule = MaskingSchedule(0, args.refresh_every)
-    masker = SAMMasker(args.mask_ratio, args.throw_ratio) if args.masker == "sam" else None
+    masker = None if args.masker == "none" else SAMMasker(args.mask_ratio, args.throw_ratio)
+    ema = ModelEmaV3(model, decay=args.model_ema_decay, use_warmup=True) if args.model_ema else None
     trained = DistributedDataParallel(model) if ctx.world_size > 1 else model
-    state = {
+    state: dict[str, Any] = {
         "model": vit,
         "optimizer": optimizer,
         "scaler": scaler,
         "lr_scheduler": lr_scheduler,
         "bank": bank,
     }
+    if model.cls_head is not None:
+        state["cls_head"] = model.cls_head
+    if ema is not None:
+        state["model_ema"] = ema.module
 
-    start_epoch, best_acc1 = 0, 0.0
+    start_epoch = 0
     train_stats: dict[str, float] = {}
-    val_stats: dict[str, Any] = {}
+    val: dict[str, dict[str, Any]] = {"raw": {}, "ema": {}}
+    best = {name: {"epoch": -1, "acc1": -1.0} for name in val}
+    history: dict[str, list[float]] = {name: [] for name in val}
     if checkpoint is not None:
         # An allowed change of the lr schedule's options rebuilds it instead of loading it.
         skip = {"lr_scheduler"} if changed & SCHEDULE_OPTIONS else set()
         loaded = {name: part for name, part in state.items() if name not in skip}
         resume(args.resume, loaded, ctx.rank, checkpoint=checkpoint)
-        start_epoch, best_acc1 = checkpoint["epoch"] + 1, checkpoint["best_acc1"]
-        last = checkpoint.get("stats", {})
-        train_stats, val_stats = last.get("train", {}), last.get("val", {})
+        start_epoch, best, history = (
+            checkpoint["epoch"] + 1,
+            checkpoint["best"],
+            checkpoint["history"],
+        )
+        train_stats, val = checkpoint["stats"]["train"], checkpoint["stats"]["val"]
+        source = checkpoint.get("source", source)
+        started -= checkpoint.get("seconds", 0.0)  # the time of the run's earlier parts
         print0(f"resumed from {args.resume} at epoch {start_epoch}")
     log = JsonLinesLog(output_dir / "log.jsonl", start_epoch=start_epoch) if ctx.is_main else None
+    models = {"raw": model} | ({"ema": ema.module} if ema is not None else {})
 
     for epoch in range(start_epoch, args.epochs):
-        if masker is not None and schedule.should_refresh(epoch):
+        refresh = epoch == 0 if map_source == "pretrained" else schedule.should_refresh(epoch)
+        if map_source is not None and refresh:
             bank.refresh(extractor, refresh_loader, progress=not args.no_progress)
             if ctx.is_main:
                 save_refresh_masks(
                     output_dir / f"masks_epoch{epoch:03d}.png",
                     refresh_loader,
                     bank,
-                    masker,
+                    masker,  # type: ignore[arg-type]
                     patch_size=model.patch_size,
                     lesions=splits.lesions_train,
                 )
@@ -323,55 +400,128 @@ def _finetune(args: argparse.Namespace, ctx: DistributedContext) -> dict[str, An
             scaler,
             lr_scheduler,
             masker=masker,
-            bank=bank,
+            bank=bank if map_source is not None else None,  # random: uniform weights
             label_smoothing=args.smoothing,
+            cls_loss_weight=cls_weight,
+            ema=ema,
             amp_dtype=amp_dtype,
             clip_grad=args.clip_grad,
             progress=ctx.is_main and not args.no_progress,
         )
-        val_stats = evaluate(
-            model, val_loader, device, num_classes=num_classes, amp_dtype=amp_dtype
-        )
-        best_acc1 = max(best_acc1, val_stats["acc1"])
+        improved = []
+        for name, evaluated in models.items():
+            val[name] = evaluate(
+                evaluated, val_loader, device, num_classes=num_classes, amp_dtype=amp_dtype
+            )
+            history[name].append(val[name]["acc1"])
+            if val[name]["acc1"] > best[name]["acc1"]:  # selected on val, and on val only
+                best[name] = {"epoch": epoch, "acc1": val[name]["acc1"]}
+                improved.append(name)
         rng = all_gather_objects(rng_state())
         if ctx.is_main:
-            # Log first: a run stopped between the two writes resumes from the previous
-            # checkpoint, and the resumed log drops this epoch's line before writing it again.
-            log.write(  # type: ignore[union-attr]
-                {
-                    "epoch": epoch,
-                    **{f"train_{k}": v for k, v in train_stats.items()},
-                    **{f"val_{k}": v for k, v in val_stats.items()},
-                }
-            )
+            # Log, then best*.pth, then checkpoint.pth: a run stopped in between resumes
+            # from the previous checkpoint and writes the same files again.
+            record: dict[str, Any] = {
+                "epoch": epoch,
+                **{f"train_{k}": v for k, v in train_stats.items()},
+            }
+            for name in models:
+                prefix = "val_" if name == "raw" else "ema_val_"
+                record.update({f"{prefix}{k}": v for k, v in val[name].items()})
+            log.write(record)  # type: ignore[union-attr]
+            for name in improved:
+                weights = models[name].vit.state_dict()
+                selected = {"model": weights, "epoch": epoch, "val": val[name]}
+                selected.update(args=vars(args), script=SCRIPT)
+                save_checkpoint(output_dir / _BEST[name], selected)
             saved = {name: part.state_dict() for name, part in state.items()}
-            saved.update(epoch=epoch, rng=rng, args=vars(args), best_acc1=best_acc1)
-            saved.update(script=SCRIPT, stats={"train": train_stats, "val": val_stats})
+            saved.update(epoch=epoch, rng=rng, args=vars(args), best=best, history=history)
+            saved.update(script=SCRIPT, source=source, stats={"train": train_stats, "val": val})
+            saved["seconds"] = time.time() - started
             save_checkpoint(output_dir / "checkpoint.pth", saved)
+        ema_text = f"; EMA val top-1 {val['ema']['acc1']:.2f}%" if ema is not None else ""
         print0(
             f"epoch {epoch}: train loss {train_stats['loss']:.4f}, val top-1 "
-            f"{val_stats['acc1']:.2f}% (best {best_acc1:.2f}%)"
+            f"{val['raw']['acc1']:.2f}% (best val {best['raw']['acc1']:.2f}% at epoch "
+            f"{best['raw']['epoch']}){ema_text}"
         )
         if stop_after(epoch, args, output_dir):
-            stats = {"train": train_stats, "val": val_stats, "best_acc1": best_acc1}
+            stats = {"train": train_stats, "val": val["raw"], "best": best}
             return {"task": "finetune", "stopped_after_epoch": epoch, **stats}
 
+    # Test figures of the final model and of the val-selected one (best*.pth), per model.
+    barrier()  # rank 0 has written best*.pth
+    results: dict[str, Any] = {}
+    for name, evaluated in models.items():
+        test: dict[str, Any] = {"final": None, "val_selected": None}
+        if test_loader is not None:
+            test["final"] = evaluate(
+                evaluated, test_loader, device, num_classes=num_classes, amp_dtype=amp_dtype
+            )
+            chosen = load_checkpoint(output_dir / _BEST[name], expect=SCRIPT)
+            evaluated.vit.load_state_dict(chosen["model"])
+            test["val_selected"] = evaluate(
+                evaluated, test_loader, device, num_classes=num_classes, amp_dtype=amp_dtype
+            )
+        results[name] = {
+            "val": val[name],
+            "test": test,
+            "selected": {"epoch": best[name]["epoch"], "val_acc1": best[name]["acc1"]},
+            "stability": stability(history[name]),
+        }
     summary: dict[str, Any] = {
         "task": "finetune",
         "masker": args.masker,
+        "map_source": map_source,
+        "init": {"path": args.finetune or None, "format": source},
         "epochs": args.epochs,
         "world_size": ctx.world_size,
         "classes": splits.classes,
+        "splits": {
+            "train": len(splits.train),
+            "val": len(splits.val),
+            "test": 0 if splits.test is None else len(splits.test),
+        },
         "train": train_stats,
-        "val": val_stats,
-        "best_acc1": best_acc1,
+        **results["raw"],
         "skipped_files": splits.skipped_files,
         "args": vars(args),
-        "seconds": time.time() - started,
     }
+    if splits.test is None:
+        summary["no_test_split"] = NO_TEST
+    if ema is not None:
+        summary["ema"] = {"decay": args.model_ema_decay, "warmup": True, **results["ema"]}
+    summary["seconds"] = time.time() - started
+    print0(report(summary))
     if ctx.is_main:
         write_json(output_dir / "summary.json", summary)
     return summary
+
+
+def report(summary: dict[str, Any]) -> str:
+    """The closing printout: every figure names its split and its model."""
+    lines = []
+    for label, part in (("", summary), ("EMA ", summary.get("ema"))):
+        if part is None:
+            continue
+        final, chosen, test = part["val"], part["selected"], part["test"]
+        line = f"{label}final model (epoch {summary['epochs'] - 1}): val top-1 {final['acc1']:.2f}%"
+        if test["final"] is not None:
+            line += f", test top-1 {test['final']['acc1']:.2f}%"
+            line += (
+                f"\n{label}val-selected model (epoch {chosen['epoch']}, chosen by its val top-1 "
+                f"{chosen['val_acc1']:.2f}%): test top-1 {test['val_selected']['acc1']:.2f}%"
+            )
+        lines.append(line)
+        if (swing := part["stability"]) is not None:
+            lines.append(
+                f"{label}val top-1 over epochs {swing['epochs'][0]}-{swing['epochs'][1]}: "
+                f"{swing['val_acc1_min']:.2f}% to {swing['val_acc1_max']:.2f}% "
+                f"(std {swing['val_acc1_std']:.2f})"
+            )
+    if "no_test_split" in summary:
+        lines.append(summary["no_test_split"])
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -3,9 +3,16 @@
 Mao et al., "MSMAE", Sec. 3.2 and Tab. 4. The first ``--mask_warmup_epochs`` (40) mask 75%
 of the patches at random; the bank of per-image cls-attention maps is then refreshed from
 the encoder every ``--refresh_every`` (40) epochs and each view masks 45% and throws 30% of
-its patches by those maps. ``--masker sam`` takes the maps from this supervised encoder
-(loss = MSE + 0.1 CE), ``--masker amt`` from the same MAE trained without the head's loss
-(λ = 0, AMT's self-supervised attention), ``--masker random`` masks 75% at random throughout.
+its patches by those maps. Each ``--masker`` is one arm of the paper's Tab. 1 and 3 by
+default: ``sam`` is MSMAE (maps from this supervised encoder, loss = MSE + 0.1 CE),
+``amt`` is AMT (the same MAE trained without the head's loss, λ = 0: self-supervised
+attention), ``random`` is plain MAE (75% random masking throughout, λ = 0: the head is
+frozen and no cross-entropy enters the loss). ``--cls_loss_weight`` overrides λ, e.g.
+``--masker random --cls_loss_weight 0.1`` for random masking with the supervised head.
+
+``--init`` starts from existing weights (continued pre-training): a facebookresearch/mae
+checkpoint (``mae_pretrain_vit_base.pth``), a timm ``VisionTransformer`` state dict or a
+``main_pretrain.py`` checkpoint (also its decoder); the supervised head starts fresh.
 
 One process (CPU or one GPU), on the built-in synthetic lesions::
 
@@ -40,10 +47,11 @@ from typing import Any
 
 import torch
 from engine_pretrain import train_one_epoch
-from models_msmae import create_vit, vit_grid
+from models_msmae import create_vit, load_init_encoder, read_init_weights, vit_grid
 from msmae_util.data import (
     NORMALIZE,
     Transformed,
+    add_data_arguments,
     build_datasets,
     eval_loader,
     train_loader,
@@ -67,7 +75,6 @@ from msmae_util.runs import (
     prepare_output_dir,
     ratio,
     run_main,
-    scale,
     stop_after,
 )
 from msmae_util.runtime import (
@@ -95,9 +102,21 @@ from maskkit import (
 from maskkit.demo import SyntheticLesions, lesion_hit_counts, pixel_mask_to_patches
 from maskkit.mae import MaskedAutoencoder
 
-__all__ = ["build_model", "check_args", "get_args_parser", "held_out_hits", "main"]
+__all__ = [
+    "ARMS",
+    "arm_name",
+    "build_model",
+    "check_args",
+    "get_args_parser",
+    "held_out_hits",
+    "load_init",
+    "main",
+    "resolve_arm",
+]
 
 SCRIPT = "main_pretrain.py"  # recorded in the checkpoints: --resume checks who wrote one
+# Each masker's default λ makes it one arm of MSMAE's Tab. 1 and 3.
+ARMS = {"random": ("MAE", 0.0), "amt": ("AMT", 0.0), "sam": ("MSMAE", 0.1)}
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -128,8 +147,14 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--cls_loss_weight",
         default=None,
         type=float,
-        help="λ of loss = MSE + λ CE (MSMAE eq. 3); default 0.1, and 0 for --masker amt "
-        "(λ = 0 freezes the head)",
+        help="λ of loss = MSE + λ CE (MSMAE eq. 3); default: the masker's arm, 0.1 for sam "
+        "(MSMAE), 0 for amt (AMT) and random (MAE); λ = 0 freezes the head",
+    )
+    model.add_argument(
+        "--init",
+        default="",
+        help="initial weights (continued pre-training): a facebookresearch/mae checkpoint, a "
+        "timm VisionTransformer state dict or a main_pretrain.py checkpoint",
     )
 
     masking = parser.add_argument_group("masking")
@@ -137,8 +162,8 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--masker",
         default="sam",
         choices=["sam", "amt", "random"],
-        help="sam: maps from this supervised encoder; amt: from an MAE trained with λ = 0; "
-        "random: 75%% random masking throughout",
+        help="sam: MSMAE, maps from this supervised encoder; amt: AMT, maps from an MAE "
+        "trained with λ = 0; random: MAE, 75%% random masking throughout",
     )
     masking.add_argument("--mask_ratio", default=0.45, type=ratio, help="masked share (sam, amt)")
     masking.add_argument("--throw_ratio", default=0.30, type=ratio, help="thrown share (sam, amt)")
@@ -163,48 +188,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     optim.add_argument("--warmup_epochs", default=40, type=int, help="epochs of lr warm-up")
     optim.add_argument("--clip_grad", default=None, type=float, help="max gradient norm")
 
-    data = parser.add_argument_group("data")
-    data.add_argument(
-        "--data",
-        default="synthetic",
-        choices=["synthetic", "imagefolder", "csv"],
-        help="synthetic: built-in lesions (maskkit.demo.SyntheticLesions); imagefolder: "
-        "DATA_PATH/train/<class>/* and DATA_PATH/val/<class>/*; csv: --csv_train/--csv_val "
-        "tables of image ids and labels (HAM10000, Messidor-2) with images in --image_dir",
-    )
-    data.add_argument("--data_path", "--data-path", default=None, help="--data imagefolder root")
-    data.add_argument("--csv_train", default=None, help="training table of --data csv")
-    data.add_argument("--csv_val", default=None, help="validation table of --data csv")
-    data.add_argument("--image_dir", default=None, nargs="+", help="folder(s) of the csv images")
-    data.add_argument("--id_column", default="image_id", help="CSV column of image ids")
-    data.add_argument("--label_column", default="dx", help="CSV column of labels")
-    data.add_argument("--image_ext", default=".jpg", help="appended to CSV ids without one")
-    data.add_argument(
-        "--skip_corrupt",
-        action="store_true",
-        help="read every image at start and drop unreadable ones (listed in summary.json) "
-        "instead of stopping with an error that names the file",
-    )
-    data.add_argument("--num_train", default=1200, type=int, help="synthetic training images")
-    data.add_argument("--num_val", default=300, type=int, help="synthetic validation images")
-    data.add_argument("--num_classes", default=3, type=int, help="synthetic classes (2-7)")
-    data.add_argument("--lesion_size", default=0.08, type=float, help="synthetic lesion radius")
-    data.add_argument(
-        "--crop_min_scale",
-        default=0.2,
-        type=scale,
-        help="smallest crop area of RandomResizedCrop, as a share of the image (MSMAE: 0.2)",
-    )
-    data.add_argument(
-        "--cache_images",
-        action="store_true",
-        help="decode (or render) every image once, up front, and keep it in memory",
-    )
-    data.add_argument("--num_workers", default=4, type=int)
+    add_data_arguments(parser)
 
     runtime = parser.add_argument_group("runtime")
     runtime.add_argument("--output_dir", default="runs/pretrain", help="where rank 0 writes")
-    runtime.add_argument("--resume", default="", help="checkpoint to continue from")
+    runtime.add_argument(
+        "--resume", default="", help="checkpoint.pth of the run to continue, with its settings"
+    )
     runtime.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     runtime.add_argument(
         "--amp",
@@ -218,12 +208,29 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def resolve_arm(args: argparse.Namespace) -> None:
+    """Fill in the masker's default λ (:data:`ARMS`) where ``--cls_loss_weight`` is not given."""
+    if args.cls_loss_weight is None:
+        args.cls_loss_weight = ARMS[args.masker][1]
+
+
+def arm_name(masker: str, cls_loss_weight: float) -> str:
+    """The paper's name of a pre-training arm: MAE, AMT, MSMAE, or "random + head"."""
+    name, default = ARMS[masker]
+    if cls_loss_weight == default:
+        return name
+    return "random + head" if masker == "random" else f"{name} (λ = {cls_loss_weight:g})"
+
+
 def check_args(args: argparse.Namespace) -> None:
     """Reject impossible settings before anything is built (the ratios' ranges are checked
     by the parser already)."""
+    resolve_arm(args)
     num_patches = math.prod(vit_grid(args.model, args.input_size))
-    check_split(num_patches, ("--mask_ratio", args.mask_ratio), ("--throw_ratio", args.throw_ratio))
     check_split(num_patches, ("--random_mask_ratio", args.random_mask_ratio))
+    if args.masker != "random":
+        mask, throw = ("--mask_ratio", args.mask_ratio), ("--throw_ratio", args.throw_ratio)
+        check_split(num_patches, mask, throw)
     if args.masker == "amt" and args.cls_loss_weight:
         raise ValueError(
             "--masker amt takes its maps from a self-supervised MAE, so --cls_loss_weight "
@@ -251,8 +258,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 def _pretrain(args: argparse.Namespace, ctx: DistributedContext) -> dict[str, Any]:
     started = time.time()
     device = ctx.device
-    if args.cls_loss_weight is None:
-        args.cls_loss_weight = 0.0 if args.masker == "amt" else 0.1
+    resolve_arm(args)
     if args.lr is None:  # MAE's linear scaling rule
         args.lr = args.blr * args.batch_size * ctx.world_size / 256
     amp_dtype, scaler = amp_settings(args.amp, device)
@@ -265,12 +271,20 @@ def _pretrain(args: argparse.Namespace, ctx: DistributedContext) -> dict[str, An
         changed = check_resume_args(checkpoint, args, world_size=ctx.world_size, path=args.resume)
         if (finished := finished_summary(checkpoint, args, output_dir)) is not None:
             return finished
-    print0(f"MSMAE pre-training: {ctx.world_size} process(es) on {device}, lr {args.lr:.3g}")
+    arm = arm_name(args.masker, args.cls_loss_weight)
+    print0(
+        f"{arm} pre-training (--masker {args.masker}, λ = {args.cls_loss_weight:g}): "
+        f"{ctx.world_size} process(es) on {device}, lr {args.lr:.3g}"
+    )
     # Seeds differ per rank so that ranks draw different masks; DDP syncs the weights.
     torch.manual_seed(args.seed + ctx.rank)
 
-    splits = build_datasets(args)
-    model = build_model(args, len(splits.classes)).to(device)
+    splits = build_datasets(args, test=False)  # pre-training reads no test image
+    model = build_model(args, len(splits.classes))
+    source = "scratch"
+    if args.init and checkpoint is None:  # a resumed run loads every weight
+        source = load_init(model, args.init)
+    model = model.to(device)
     bank = MaskWeightBank(len(splits.train), grid=model.grid)
     crop = PairedRandomResizedCrop(args.input_size, scale=(args.crop_min_scale, 1.0))
     train_set = CropDataset(splits.train, crop, seed=args.seed, post_transform=NORMALIZE)
@@ -306,6 +320,8 @@ def _pretrain(args: argparse.Namespace, ctx: DistributedContext) -> dict[str, An
         loaded = {name: part for name, part in state.items() if name not in skip}
         resume(args.resume, loaded, ctx.rank, checkpoint=checkpoint)
         start_epoch, stats = checkpoint["epoch"] + 1, checkpoint.get("stats", {})
+        source = checkpoint.get("source", source)
+        started -= checkpoint.get("seconds", 0.0)  # the time of the run's earlier parts
         print0(f"resumed from {args.resume} at epoch {start_epoch}")
     log = JsonLinesLog(output_dir / "log.jsonl", start_epoch=start_epoch) if ctx.is_main else None
 
@@ -314,7 +330,7 @@ def _pretrain(args: argparse.Namespace, ctx: DistributedContext) -> dict[str, An
         refreshed: dict[str, float] = {}
         if args.masker != "random" and schedule.should_refresh(epoch):
             bank.refresh(extractor, refresh_loader, progress=not args.no_progress)
-            if ctx.is_main and splits.lesions_val is not None:
+            if ctx.is_main and splits.lesions_val is not None:  # on val images
                 refreshed = held_out_hits(extractor, splits.lesions_val, map_masker, model, args)
             if ctx.is_main:
                 save_refresh_masks(
@@ -343,7 +359,7 @@ def _pretrain(args: argparse.Namespace, ctx: DistributedContext) -> dict[str, An
         )
         record = {"epoch": epoch, "masking": "weighted" if by_maps else "random", **stats}
         if refreshed:
-            record["lesion_hit_rate"] = refreshed
+            record["val_lesion_hit_rate"] = refreshed
         rng = all_gather_objects(rng_state())
         if ctx.is_main:
             # Log first: a run stopped between the two writes resumes from the previous
@@ -351,9 +367,10 @@ def _pretrain(args: argparse.Namespace, ctx: DistributedContext) -> dict[str, An
             log.write(record)  # type: ignore[union-attr]
             saved = {name: part.state_dict() for name, part in state.items()}
             saved.update(epoch=epoch, rng=rng, args=vars(args), script=SCRIPT, stats=stats)
+            saved.update(source=source, seconds=time.time() - started)
             save_checkpoint(output_dir / "checkpoint.pth", saved)
         print0(
-            f"epoch {epoch}: loss {stats['loss']:.4f} (recon {stats['recon_loss']:.4f}, "
+            f"epoch {epoch}: train loss {stats['loss']:.4f} (recon {stats['recon_loss']:.4f}, "
             f"cls {stats['cls_loss']:.4f}), {record['masking']} masking"
         )
         if stop_after(epoch, args, output_dir):
@@ -361,7 +378,10 @@ def _pretrain(args: argparse.Namespace, ctx: DistributedContext) -> dict[str, An
 
     summary: dict[str, Any] = {
         "task": "pretrain",
+        "arm": arm,
         "masker": args.masker,
+        "cls_loss_weight": args.cls_loss_weight,
+        "init": {"path": args.init or None, "format": source},
         "epochs": args.epochs,
         "world_size": ctx.world_size,
         "final": stats,
@@ -369,8 +389,12 @@ def _pretrain(args: argparse.Namespace, ctx: DistributedContext) -> dict[str, An
         "args": vars(args),
     }
     if ctx.is_main and splits.lesions_val is not None:
-        summary["lesion_hit_rate"] = held_out_hits(
-            extractor, splits.lesions_val, map_masker, model, args
+        hits = held_out_hits(extractor, splits.lesions_val, map_masker, model, args)
+        summary["val_lesion_hit_rate"] = hits
+        print0(
+            f"lesion hit rate on the val images (share of lesion patches masked at "
+            f"{args.mask_ratio:g} / {args.throw_ratio:g}): the encoder's maps "
+            f"{hits['attention']:.3f}, uniform weights {hits['uniform']:.3f}"
         )
     summary["seconds"] = time.time() - started
     if ctx.is_main:
@@ -419,8 +443,41 @@ def held_out_hits(
     return {name: hits / max(total, 1) for name, (hits, total) in counts.items()}
 
 
+def load_init(model: MaskedAutoencoder, path: str) -> str:
+    """Load ``--init`` weights into ``model`` strictly; returns the file's format.
+
+    The encoder always loads (its head starts fresh: its classes are this data's); the
+    decoder loads from a ``main_pretrain.py`` checkpoint, which must then have this run's
+    decoder sizes. facebookresearch/mae's decoder is not loaded (its fixed position table
+    orders the grid axes unlike maskkit's): the decoder starts fresh.
+
+    Raises:
+        ValueError: the file's encoder or decoder does not fit (keys and shapes listed).
+    """
+    state, source = read_init_weights(path, option="--init")
+    load_init_encoder(model.encoder, state, f"--init {path} ({source})")
+    decoder = "new"
+    if source == "main_pretrain.py":
+        own = {k: v for k, v in model.state_dict().items() if not k.startswith("encoder.")}
+        given = {k: v for k, v in state.items() if not k.startswith("encoder.")}
+        bad = sorted(set(own) ^ set(given)) + sorted(
+            k for k in own.keys() & given.keys() if own[k].shape != given[k].shape
+        )
+        if bad:
+            raise ValueError(
+                f"--init {path}: its decoder does not fit this model ({bad[:6]}): use the "
+                "checkpoint's --decoder_embed_dim, --decoder_depth and --decoder_num_heads"
+            )
+        model.load_state_dict(given, strict=False)
+        decoder = "loaded"
+    print0(f"initialised from {path} ({source} format): encoder loaded, decoder {decoder}")
+    return source
+
+
 def build_model(args: argparse.Namespace, num_classes: int) -> MaskedAutoencoder:
-    """The pre-training model that ``args`` describe (also from a checkpoint's ``args``)."""
+    """The pre-training model that ``args`` describe (also from a checkpoint's ``args``);
+    λ unset is the masker's arm's (:data:`ARMS`)."""
+    weight = args.cls_loss_weight
     encoder = create_vit(
         args.model, img_size=args.input_size, num_classes=num_classes, global_pool="token"
     )
@@ -430,7 +487,7 @@ def build_model(args: argparse.Namespace, num_classes: int) -> MaskedAutoencoder
         decoder_depth=args.decoder_depth,
         decoder_num_heads=args.decoder_num_heads,
         norm_pix_loss=args.norm_pix_loss,
-        cls_loss_weight=args.cls_loss_weight,
+        cls_loss_weight=ARMS[args.masker][1] if weight is None else weight,
     )
 
 

@@ -32,8 +32,10 @@ Outputs in ``--output_dir`` (rank 0 only): ``checkpoint.pth`` (every epoch, atom
 an exact resume needs), ``best.pth`` (the val-selected model, atomic), ``log.jsonl`` (one
 line per epoch, validation metrics included), ``overlays_final.png`` and
 ``overlays_best.png`` (image | ground truth | prediction on test images), ``splits.json``
-(the files of each split, for file data) and ``summary.json``.
-``--resume OUTPUT_DIR/checkpoint.pth`` continues an interrupted run.
+(the files of each split, for file data) and ``summary.json``. A folder holding results is
+refused unless ``--resume`` or ``--overwrite``. ``--resume OUTPUT_DIR/checkpoint.pth``
+continues exactly (with the checkpoint's settings; ``--allow_changed_args`` lets named
+options differ); ``--stop_after_epoch N`` exits after epoch N's checkpoint.
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ from engine_segment import (
     save_overlays,
     train_one_epoch,
 )
-from models_msmae import create_vit
+from models_msmae import create_vit, vit_grid
 from models_setr import HEADS, SETR, load_encoder
 from msmae_util.data import MEAN, STD, eval_loader, train_loader
 from msmae_util.outputs import (
@@ -63,6 +65,15 @@ from msmae_util.outputs import (
     rng_state,
     save_checkpoint,
     write_json,
+)
+from msmae_util.runs import (
+    SCHEDULE_OPTIONS,
+    add_run_arguments,
+    check_resume_args,
+    finished_summary,
+    prepare_output_dir,
+    run_main,
+    stop_after,
 )
 from msmae_util.runtime import (
     DistributedContext,
@@ -81,11 +92,15 @@ from segment_data import (
 from timm.optim import create_optimizer_v2
 from torch.nn.parallel import DistributedDataParallel
 
-from maskkit.files import remove_stale_temporaries
+__all__ = ["SCRIPT", "SELECT_METRICS", "build_model", "check_args", "get_args_parser", "main"]
 
-__all__ = ["SELECT_METRICS", "build_model", "get_args_parser", "main"]
-
+SCRIPT = "main_segment.py"  # recorded in the checkpoints: --resume checks who wrote one
 SELECT_METRICS = ("dice_dataset", "iou_dataset", "dice_per_image", "iou_per_image")
+# This recipe's files beyond msmae_util.runs.OWN_OUTPUTS; --overwrite removes them too.
+EXTRA_OUTPUTS = ("best.pth", "overlays_final.png", "overlays_best.png", "splits.json")
+# Options beyond msmae_util.runs.FREE_ON_RESUME that --resume may change: no number
+# computed depends on them.
+FREE_HERE = ("num_overlays", "export_images")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -241,6 +256,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     runtime.add_argument("--seed", default=0, type=int)
     runtime.add_argument("--no_progress", action="store_true", help="hide the progress bars")
+    add_run_arguments(runtime)
     return parser
 
 
@@ -260,8 +276,33 @@ def build_model(args: argparse.Namespace, num_classes: int) -> SETR:
     )
 
 
+def check_args(args: argparse.Namespace) -> None:
+    """Reject impossible settings before anything is built."""
+    vit_grid(args.model, args.input_size)  # a timm ViT whose patches tile the input
+    bounds = {
+        "--val_fraction": (args.val_fraction, 0 <= args.val_fraction < 1),
+        "--test_fraction": (args.test_fraction, 0 <= args.test_fraction < 1),
+        "--crop_min_scale": (args.crop_min_scale, 0 < args.crop_min_scale <= 1),
+        "--hflip": (args.hflip, 0 <= args.hflip <= 1),
+        "--rotation": (args.rotation, 0 <= args.rotation <= 180),
+        "--bce_weight": (args.bce_weight, args.bce_weight >= 0),
+        "--num_overlays": (args.num_overlays, args.num_overlays >= 0),
+        "--epochs": (args.epochs, args.epochs >= 1),
+        "--batch_size": (args.batch_size, args.batch_size >= 1),
+    }
+    bad = [f"{name} {value}" for name, (value, fine) in bounds.items() if not fine]
+    if bad:
+        raise ValueError(
+            f"out of range: {', '.join(bad)} (fractions in [0, 1), --crop_min_scale in "
+            "(0, 1], --hflip in [0, 1], --rotation in [0, 180] degrees, --epochs and "
+            "--batch_size >= 1, the rest >= 0)"
+        )
+
+
 def main(args: argparse.Namespace) -> dict[str, Any]:
-    """Fine-tune and evaluate; returns the summary that rank 0 writes to ``summary.json``."""
+    """Fine-tune and evaluate; returns the summary that rank 0 writes to ``summary.json``
+    (after ``--stop_after_epoch``: ``stopped_after_epoch`` and the last epoch's stats)."""
+    check_args(args)
     ctx = init_distributed(args.device)
     try:
         return _segment(args, ctx)
@@ -278,20 +319,36 @@ def _segment(args: argparse.Namespace, ctx: DistributedContext) -> dict[str, Any
     started = time.time()
     device = ctx.device
     amp_dtype, scaler = amp_settings(args.amp, device)
-    splits = build_segmentation_data(args)
-    classes = splits.classes
     if args.export_images:
-        return _export(args, ctx, splits)
-    output_dir = Path(args.output_dir)
-    if ctx.is_main:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        remove_stale_temporaries(output_dir)  # of a run killed while writing
+        return _export(args, ctx, build_segmentation_data(args))
+    output_dir = prepare_output_dir(
+        args.output_dir, resume=bool(args.resume), overwrite=args.overwrite, is_main=ctx.is_main
+    )
+    if args.overwrite and ctx.is_main:
+        for name in EXTRA_OUTPUTS:
+            (output_dir / name).unlink(missing_ok=True)
+    checkpoint, changed = None, set()
+    if args.resume:
+        checkpoint = load_checkpoint(args.resume, expect=SCRIPT)
+        saved = checkpoint["args"]
+        free = {name: saved[name] for name in FREE_HERE if name in saved}
+        compared = argparse.Namespace(**{**vars(args), **free})
+        changed = check_resume_args(
+            checkpoint, compared, world_size=ctx.world_size, path=args.resume
+        )
+        if (finished := finished_summary(checkpoint, args, output_dir)) is not None:
+            return finished
+    pretrained = None
+    if args.finetune and checkpoint is None:  # a resumed run loads every weight
+        pretrained = load_checkpoint(args.finetune, expect="main_pretrain.py", option="--finetune")
     print0(f"SETR segmentation: {ctx.world_size} process(es) on {device}, lr {args.lr:.3g}")
     torch.manual_seed(args.seed + ctx.rank)
 
+    splits = build_segmentation_data(args)
+    classes = splits.classes
     model = build_model(args, len(classes))
-    if args.finetune:
-        load_encoder(model.encoder, load_checkpoint(args.finetune)["model"])
+    if pretrained is not None:
+        load_encoder(model.encoder, pretrained["model"])
         print0(f"loaded the pre-trained encoder of {args.finetune}")
     if device.type == "cuda" and ctx.world_size > 1:  # SETR's synchronised batch norm
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -320,9 +377,14 @@ def _segment(args: argparse.Namespace, ctx: DistributedContext) -> dict[str, Any
     state = {"model": model, "optimizer": optimizer, "scaler": scaler, "lr_scheduler": lr_scheduler}
 
     start_epoch, best = 0, {"epoch": -1, "score": -1.0, "val": {}}
-    if args.resume:
-        checkpoint = resume(args.resume, state, ctx.rank)
+    train_stats: dict[str, float] = {}
+    if checkpoint is not None:
+        # An allowed change of the lr schedule's options rebuilds it instead of loading it.
+        skip = {"lr_scheduler"} if changed & SCHEDULE_OPTIONS else set()
+        loaded = {name: part for name, part in state.items() if name not in skip}
+        resume(args.resume, loaded, ctx.rank, checkpoint=checkpoint)
         start_epoch, best = checkpoint["epoch"] + 1, checkpoint["best"]
+        train_stats = checkpoint["stats"]["train"]
         print0(f"resumed from {args.resume} at epoch {start_epoch}")
     log = JsonLinesLog(output_dir / "log.jsonl", start_epoch=start_epoch) if ctx.is_main else None
     if ctx.is_main and splits.files["train"]:
@@ -339,7 +401,6 @@ def _segment(args: argparse.Namespace, ctx: DistributedContext) -> dict[str, Any
             amp_dtype=amp_dtype,
         )
 
-    train_stats: dict[str, float] = {}
     for epoch in range(start_epoch, args.epochs):
         sampler.set_epoch(epoch)
         train_set.set_epoch(epoch)  # before the epoch's iterator: its workers copy the set
@@ -374,22 +435,27 @@ def _segment(args: argparse.Namespace, ctx: DistributedContext) -> dict[str, Any
             )
             if improved:
                 selected = {"model": model.state_dict(), "epoch": epoch, "val": val_stats}
-                save_checkpoint(output_dir / "best.pth", {**selected, "args": vars(args)})
+                selected.update(args=vars(args), script=SCRIPT)
+                save_checkpoint(output_dir / "best.pth", selected)
             checkpoint = {name: part.state_dict() for name, part in state.items()}
             checkpoint.update(epoch=epoch, rng=rng, args=vars(args), best=best)
+            checkpoint.update(script=SCRIPT, stats={"train": train_stats})
             save_checkpoint(output_dir / "checkpoint.pth", checkpoint)
         print0(
             f"epoch {epoch}: train loss {train_stats['loss']:.4f}, val Dice "
             f"{val_stats['dice_dataset']:.2f} IoU {val_stats['iou_dataset']:.2f} (dataset-level; "
             f"best {args.select_metric} {best['score']:.2f} at epoch {best['epoch']})"
         )
+        if stop_after(epoch, args, output_dir):
+            stats = {"train": train_stats, "val": val_stats, "best_epoch": best["epoch"]}
+            return {"task": "segment", "stopped_after_epoch": epoch, **stats}
 
     # The test split, once with the final model and once with the val-selected one.
     results: dict[str, Any] = {}
     for name in ("final", "best"):
         if name == "best":
             _barrier(ctx)  # rank 0 has written best.pth
-            model.load_state_dict(load_checkpoint(output_dir / "best.pth")["model"])
+            model.load_state_dict(load_checkpoint(output_dir / "best.pth", expect=SCRIPT)["model"])
         val = run_eval(val_loader)
         test = run_eval(test_loader)
         results[name] = {"val": val, "test": test}
@@ -451,4 +517,4 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(
         "SETR segmentation transfer", parents=[get_args_parser()], description=__doc__
     )
-    main(parser.parse_args())
+    run_main(main, parser.parse_args())

@@ -158,8 +158,7 @@ def load_encoder(
 
     Args:
         encoder: the SETR encoder (a timm ViT).
-        state: a ``main_pretrain.py`` checkpoint's ``"model"`` state dict (or a
-            ``main_segment.py`` one: its encoder has the same keys).
+        state: a ``main_pretrain.py`` checkpoint's ``"model"`` state dict.
         prefix: the encoder's key prefix in ``state``.
 
     Raises:

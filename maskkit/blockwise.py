@@ -1,10 +1,14 @@
 """Block-wise masking (BEiT) and unit masking (SimMIM), batched and sync-free.
 
-Both are priorities for :func:`maskkit.functional.split_from_priorities`: the patches with
-the highest priority are masked, the next ones thrown, the rest stay visible, so every
-sample gets exactly the counts of :func:`maskkit.functional.split_counts`. Every step is a
-device kernel over the whole batch (no Python loop over samples, no host sync, static
-shapes), so the maskers run under ``torch.compile(fullgraph=True)`` and replay
+Both rank the patches by priorities: the patches with the highest priority are masked, the
+next ones thrown, the rest stay visible, so every sample gets exactly the counts of
+:func:`maskkit.functional.split_counts`. Neither sorts all L priorities: blocks are split by
+a top-k selection (:func:`maskkit.functional.labels_from_priorities`, then
+:func:`~maskkit.functional.split_from_labels`: groups in patch order), units by their
+ranks, known from a permutation of the units (:func:`~maskkit.functional.split_from_ranks`:
+groups in priority order, as from :func:`~maskkit.functional.split_from_priorities`). Every
+step is a device kernel over the whole batch (no Python loop over samples, no host sync,
+static shapes), so the maskers run under ``torch.compile(fullgraph=True)`` and replay
 bit-for-bit from a ``torch.Generator``.
 
 - :class:`BlockMasker`: BEiT's block-wise masking (Bao et al., 2022, arXiv:2106.08254;
@@ -25,8 +29,10 @@ from ._checks import check_int, check_pair
 from .functional import (
     SplitCounts,
     check_ratios,
+    labels_from_priorities,
     split_counts,
-    split_from_priorities,
+    split_from_labels,
+    split_from_ranks,
 )
 from .split import MaskSplit
 
@@ -237,7 +243,7 @@ def _block_priorities(
     gh, gw = grid
     batch_size, num_blocks, _ = offset.shape
     device = offset.device
-    size = max(gh, gw)
+    size, num_patches = max(gh, gw), gh * gw
     # Block n owns bit N - n (block 0 the highest) and bit 0 is set everywhere. A row's bit
     # set (the blocks spanning it) is a running sum of +bit at a block's first row and -bit
     # past its last (likewise for columns); a cell's set is the AND of its row's and its
@@ -249,25 +255,27 @@ def _block_priorities(
     index = torch.cat([offset, ends], dim=1).transpose(1, 2).long()  # (B, 2, 2N)
     values = torch.cat([bits, -bits], dim=1)[:, None, :].expand(batch_size, 2, 2 * num_blocks)
     delta = torch.zeros(batch_size, 2, size + 1, device=device, dtype=torch.int64)
-    sets = delta.scatter_add_(2, index, values).cumsum(dim=2) | 1  # (B, 2, size + 1)
+    sets = delta.scatter_add_(2, index, values).cumsum_(dim=2).bitwise_or_(1)  # (B, 2, size + 1)
     cover = sets[:, 0, :gh, None] & sets[:, 1, None, :gw]  # (B, gh, gw)
-    level = torch.bitwise_right_shift(cover.double().view(torch.int64), 52) - 1023
-    level = level.reshape(batch_size, gh * gw)
+    level = (cover.view(batch_size, num_patches).double().view(torch.int64) >> 52) - 1023
     # Each cell's squared distance to the centre of its first block, in units of the
     # block's sides: the block's (centre, 1 / sides) gathered per cell from a table whose
     # row j holds level j's block (blocks reversed, a zero row for uncovered cells).
     params = torch.cat([offset + (sides - 1) / 2, sides.reciprocal()], dim=-1)  # (B, N, 4)
     params = torch.nn.functional.pad(params.transpose(1, 2).flip(2), (1, 0))  # (B, 4, N + 1)
-    cell = params.gather(2, level[:, None, :].expand(batch_size, 4, gh * gw))  # (B, 4, L)
-    cells = torch.arange(gh * gw, device=device)
-    along_r = (torch.div(cells, gw, rounding_mode="floor") - cell[:, 0]) * cell[:, 2]
-    along_c = (cells % gw - cell[:, 1]) * cell[:, 3]
-    dist = along_r.square_() + along_c.square_()  # (B, L)
+    cell = params.gather(2, level[:, None, :].expand(batch_size, 4, num_patches))  # (B, 4, L)
+    cells = torch.arange(num_patches, device=device, dtype=torch.float32)
+    rows = torch.div(cells, gw, rounding_mode="floor")
+    along_r = (rows - cell[:, 0]).mul_(cell[:, 2])
+    along_c = (cells - rows * gw - cell[:, 1]).mul_(cell[:, 3])
+    dist = along_r.square_().add_(along_c.square_())  # (B, L)
     # dist < 0.5 inside a block, so a covered cell's value lies in (level, level + 0.5];
     # uncovered cells get 0.5 (dist 0). The noise (below 0.01) breaks ties within a block
     # and orders the uncovered cells uniformly at random.
-    noise = torch.rand(batch_size, gh * gw, device=device, dtype=torch.float32, generator=generator)
-    picked = (level.float() + 0.5) - dist
+    noise = torch.rand(
+        batch_size, num_patches, device=device, dtype=torch.float32, generator=generator
+    )
+    picked = (level.float() + 0.5).sub_(dist)
     return picked.add_(noise, alpha=0.01)
 
 
@@ -362,7 +370,8 @@ class BlockMasker:
             generator: optional RNG on ``device``, for reproducible splits.
 
         Returns:
-            A :class:`~maskkit.MaskSplit` with the counts of :meth:`counts`.
+            A :class:`~maskkit.MaskSplit` with the counts of :meth:`counts`; each group in
+            patch order (:func:`~maskkit.functional.split_from_labels`).
 
         Raises:
             ValueError: weights were passed, or L does not match the grid.
@@ -385,7 +394,7 @@ class BlockMasker:
             generator,
         )
         priorities = _block_priorities(offset, sides, valid, grid, generator)
-        return split_from_priorities(priorities, counts)
+        return split_from_labels(labels_from_priorities(priorities, counts), counts)
 
     def __repr__(self) -> str:
         return (
@@ -434,22 +443,63 @@ def unit_priorities(
         (B, L) float32 priorities; higher = masked first.
     """
     gh, gw = grid
-    units_h, units_w = -(-gh // unit), -(-gw // unit)
-    num_units = units_h * units_w
-    noise = torch.rand(
-        batch_size, num_units, device=device, dtype=torch.float32, generator=generator
-    )
-    order = torch.argsort(noise, dim=1)
-    positions = torch.arange(num_units, device=noise.device).expand(batch_size, num_units)
+    units_w = -(-gw // unit)
+    order = _unit_order(batch_size, grid, unit, device, generator)
+    positions = torch.arange(order.shape[1], device=order.device).expand_as(order)
     rank = torch.empty_like(order).scatter_(1, order, positions)  # a uniform permutation
-    rows = torch.arange(gh, device=noise.device)
-    cols = torch.arange(gw, device=noise.device)
+    rows = torch.arange(gh, device=order.device)
+    cols = torch.arange(gw, device=order.device)
     unit_of_patch = ((rows // unit)[:, None] * units_w + (cols // unit)[None, :]).reshape(-1)
     # Raster position inside the unit, scaled into [0, 0.5): ranks stay apart.
     inside = ((rows % unit)[:, None] * unit + (cols % unit)[None, :]).reshape(-1)
     offset = (unit * unit - 1 - inside).float() * (0.5 / (unit * unit))
     per_patch = rank.gather(1, unit_of_patch.expand(batch_size, gh * gw))
     return per_patch.float() + offset
+
+
+def _unit_order(
+    batch_size: int,
+    grid: tuple[int, int],
+    unit: int,
+    device: torch.device | str | None,
+    generator: torch.Generator | None,
+) -> Tensor:
+    """(B, U) int64: the units by increasing priority, a uniform random permutation."""
+    num_units = -(-grid[0] // unit) * -(-grid[1] // unit)
+    noise = torch.rand(
+        batch_size, num_units, device=device, dtype=torch.float32, generator=generator
+    )
+    return torch.argsort(noise, dim=1)
+
+
+def _unit_ranks(
+    batch_size: int,
+    grid: tuple[int, int],
+    unit: int,
+    device: torch.device | str | None,
+    generator: torch.Generator | None,
+) -> Tensor:
+    """Each patch's rank in the ascending order of :func:`unit_priorities` (same draw), (B, L).
+
+    A unit's patches take the ranks from the patches of the units before it; inside a
+    unit of ``tall x wide`` patches, patch (i, j) ranks ``tall * wide - 1 - (i * wide + j)``
+    (raster order comes last, i.e. is masked first).
+    """
+    gh, gw = grid
+    order = _unit_order(batch_size, grid, unit, device, generator)
+    device = order.device
+    rows = torch.arange(gh, device=device)
+    cols = torch.arange(gw, device=device)
+    tall = (gh - rows // unit * unit).clamp_max(unit)  # rows of each patch row's unit
+    wide = (gw - cols // unit * unit).clamp_max(unit)
+    unit_of_patch = ((rows // unit)[:, None] * -(-gw // unit) + (cols // unit)[None, :]).reshape(-1)
+    inside = (rows % unit)[:, None] * wide + (cols % unit)[None, :]
+    within = (tall[:, None] * wide - 1 - inside).reshape(-1)
+    sizes = (tall[::unit, None] * wide[::unit]).reshape(-1)  # (U,) patches per unit
+    ordered_sizes = sizes.expand_as(order).gather(1, order)
+    start = ordered_sizes.cumsum(1) - ordered_sizes
+    first = torch.empty_like(start).scatter_(1, order, start)  # each unit's first rank
+    return first.gather(1, unit_of_patch.expand(batch_size, gh * gw)) + within
 
 
 class UnitMasker:
@@ -517,7 +567,9 @@ class UnitMasker:
             generator: optional RNG on ``device``, for reproducible splits.
 
         Returns:
-            A :class:`~maskkit.MaskSplit` with the counts of :meth:`counts`.
+            A :class:`~maskkit.MaskSplit` with the counts of :meth:`counts`; each group in
+            increasing priority, as ``split_from_priorities(unit_priorities(...))`` with
+            the same generator gives.
 
         Raises:
             ValueError: weights were passed, or L does not match the grid.
@@ -525,10 +577,8 @@ class UnitMasker:
         _refuse_weights("UnitMasker", "random units", weights)
         _check_call(batch_size, num_patches)
         grid = _resolve_grid(num_patches, self.grid)
-        priorities = unit_priorities(
-            batch_size, grid, self.unit, device=device, generator=generator
-        )
-        return split_from_priorities(priorities, self.counts(num_patches))
+        ranks = _unit_ranks(batch_size, grid, self.unit, device, generator)
+        return split_from_ranks(ranks, self.counts(num_patches))
 
     def __repr__(self) -> str:
         return (

@@ -6,7 +6,8 @@ An extra decoder head predicts each patch's reconstruction loss (on the full ima
 the EMA model); the ``int(alpha * M)`` patches with the highest predicted loss are masked
 and the other masked patches are drawn uniformly from the rest, with ``alpha`` growing
 linearly over training. HPM does the draw in a Python loop over the batch with
-``.cpu().numpy()`` per sample; here it is one batched top-k and one sort, no host sync.
+``.cpu().numpy()`` per sample; here it is two batched top-k selections (the hardest, then
+the rest at random) and no sort or host sync.
 A training step that produces the predictions is in ``examples/hpm_step.py``.
 """
 
@@ -20,12 +21,14 @@ from torch import Tensor
 from ._checks import check_int, check_ratio
 from .functional import (
     SplitCounts,
+    _topk_keys,
     check_device,
     check_finite,
     check_ratios,
     flatten_weights,
+    labels_from_priorities,
     split_counts,
-    split_from_priorities,
+    split_from_labels,
 )
 from .split import MaskSplit
 
@@ -56,7 +59,7 @@ def hard_patch_priorities(
     )
     if num_hard <= 0:
         return noise
-    hardest = torch.topk(losses, num_hard, dim=1, sorted=False).indices
+    hardest = torch.topk(_topk_keys(losses), num_hard, dim=1, sorted=False).indices
     return noise.scatter_add_(1, hardest, torch.ones_like(hardest, dtype=noise.dtype))
 
 
@@ -160,7 +163,8 @@ class HardPatchMasker:
             alpha: this call's share of hard patches; None uses the masker's.
 
         Returns:
-            A :class:`~maskkit.MaskSplit` with the counts of :meth:`counts`.
+            A :class:`~maskkit.MaskSplit` with the counts of :meth:`counts`; each group in
+            patch order (:func:`~maskkit.functional.split_from_labels`).
 
         Raises:
             TypeError: no losses were passed.
@@ -180,7 +184,7 @@ class HardPatchMasker:
         counts = self.counts(num_patches)
         num_hard = hard_patch_count(counts.masked, share)
         priorities = hard_patch_priorities(losses, num_hard, generator=generator)
-        return split_from_priorities(priorities, counts)
+        return split_from_labels(labels_from_priorities(priorities, counts), counts)
 
     def __repr__(self) -> str:
         return (

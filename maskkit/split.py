@@ -44,9 +44,16 @@ def gather_tokens(x: Tensor, indices: Tensor) -> Tensor:
 class MaskSplit(NamedTuple):
     """One batch's split of L patches into visible, masked and thrown sets.
 
-    Indices count patch tokens only (no cls or other prefix tokens). Within each group,
-    indices run from lowest to highest sampling priority (not sorted by patch); for
-    uniform masking ``visible`` is exactly MAE's ``ids_keep``. Per patch, ``labels`` says
+    Indices count patch tokens only (no cls or other prefix tokens). The order within each
+    group depends on the builder. From :func:`~maskkit.functional.split_from_priorities`
+    (``RandomMasker``, ``AMTMasker``, ``SAMMasker``, ``AttMaskMasker``,
+    ``NoisePatternMasker``) and :func:`~maskkit.functional.split_from_ranks`
+    (``UnitMasker``), indices run from lowest to highest sampling priority (not sorted by
+    patch); for uniform masking ``visible`` is exactly MAE's ``ids_keep``. From
+    :func:`~maskkit.functional.split_from_labels` (``BlockMasker``, ``HardPatchMasker``),
+    they run in increasing patch index, the order of boolean indexing. Either way
+    ``ids_shuffle`` is ``cat([visible, masked, thrown], 1)`` and ``ids_restore`` its
+    inverse. Per patch, ``labels`` says
     which group it is in; :meth:`is_visible`, :meth:`is_masked` and :meth:`is_thrown` give
     the same as bool masks and :meth:`loss_mask` as MAE's float loss mask.
 

@@ -123,6 +123,20 @@ def test_measure_interleaves_rounds_of_torch_benchmark_timers() -> None:
     assert common.ratio(3.0, 0.0) is None and common.ratio(3.0, 1.5) == 2.0
 
 
+def test_strategies_section_reuses_the_shared_floor_and_timing() -> None:
+    bench_strategies = _load("bench_strategies")
+    common, bench_masking = _load("common"), _load("bench_masking")
+    # One MAE floor and one timing loop for every section (issue 13's benchmark used to carry
+    # its own copies).
+    assert bench_strategies.mae_floor is bench_masking.mae_floor
+    assert bench_strategies.measure is common.measure
+    strategies = bench_strategies.STRATEGIES
+    row = {"mae_floor": 2.0, **dict.fromkeys(strategies, 1.0)}
+    row |= dict.fromkeys(strategies.values(), 4.0)
+    ratios = bench_strategies._ratios(row)  # reference / maskkit, maskkit / floor
+    assert ratios["block_vs_beit_reference"] == 4.0 and ratios["hpm_vs_mae_floor"] == 0.5
+
+
 def test_write_json_replaces_the_file_whole(tmp_path: Path) -> None:
     common = _load("common")
     out = tmp_path / "results" / "cpu.json"

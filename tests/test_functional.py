@@ -11,7 +11,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from maskkit import AMTMasker, MaskSplit, RandomMasker, SAMMasker, sample_split, split_counts
-from maskkit.functional import priority_keys
+from maskkit.functional import (
+    _topk_keys,
+    labels_from_priorities,
+    priority_keys,
+    split_from_labels,
+    split_from_priorities,
+    split_from_ranks,
+)
 
 
 def exact_group_probabilities(
@@ -257,6 +264,58 @@ def test_random_masker_equals_mae_random_masking_for_the_same_noise() -> None:
     assert torch.equal(split.visible, mae_shuffle[:, :len_keep])
     assert torch.equal(split.ids_restore, mae_restore)
     assert torch.equal(split.loss_mask(), mae_mask)
+
+
+# ---- sort-free builders --------------------------------------------------------------------
+
+
+@settings(max_examples=120, deadline=None)
+@given(
+    batch_size=st.integers(1, 5),
+    num_patches=st.integers(1, 80),
+    ratios=ratio_pairs,
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_sort_free_builders_agree_with_the_sort(
+    batch_size: int, num_patches: int, ratios: tuple[float, float], seed: int
+) -> None:
+    mask_ratio, throw_ratio = ratios
+    if int(num_patches * (1 - (mask_ratio + throw_ratio))) < 1:
+        return
+    counts = split_counts(num_patches, mask_ratio, throw_ratio)
+    generator = torch.Generator().manual_seed(seed)
+    # Distinct priorities, negative ones included: a permutation shifted to straddle 0.
+    ranks = torch.rand(batch_size, num_patches, generator=generator).argsort(1).argsort(1)
+    priorities = ranks.float() - num_patches / 2
+    reference = split_from_priorities(priorities, counts)
+    # Ranks give the sort's split exactly, within-group order included.
+    assert all(torch.equal(a, b) for a, b in zip(split_from_ranks(ranks, counts), reference))
+    # Top-k labels give the same groups; split_from_labels lists each group by patch.
+    labels = labels_from_priorities(priorities, counts)
+    assert labels.dtype == torch.int8 and torch.equal(labels, reference.labels)
+    split = split_from_labels(labels, counts)
+    check_partition(split, batch_size, num_patches)
+    for got, want in zip(split[:3], reference[:3]):
+        assert torch.equal(got, want.sort(dim=1).values)
+    assert torch.equal(split.labels, labels)
+
+
+def test_topk_keys_keep_the_float_order() -> None:
+    values = torch.cat(
+        [
+            torch.randn(1000, generator=torch.Generator().manual_seed(0)) * 1e3,
+            torch.tensor([float("-inf"), float("inf"), 0.0, 1e-42, -1e-42, -3e38, 3e38]),
+        ]
+    )
+    keys = _topk_keys(values)
+    assert keys.dtype == torch.int32
+    assert torch.equal(keys.argsort(stable=True), values.argsort(stable=True))
+    rows = values[None, :1000].expand(3, 1000)
+    assert torch.equal(
+        torch.topk(_topk_keys(rows), 100, dim=1).indices, torch.topk(rows, 100, dim=1).indices
+    )
+    other = values.double()
+    assert _topk_keys(other) is other  # other dtypes (and devices) are left as they are
 
 
 def test_device_argument_places_the_split() -> None:

@@ -12,7 +12,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from maskkit.functional import split_counts
+from maskkit.functional import split_counts, split_from_priorities
 from maskkit.hardpatch import (
     HardPatchMasker,
     HardPatchSchedule,
@@ -112,6 +112,22 @@ def test_priorities_put_the_hardest_first() -> None:
     assert torch.equal(hard, torch.zeros_like(hard).scatter_(1, losses.topk(7, 1).indices, True))
     assert (priorities < 2).all() and (priorities >= 0).all()
     assert hard_patch_count(147, 0.5) == 73 and hard_patch_count(147, 0.0) == 0
+
+
+@pytest.mark.parametrize("throw_ratio", [0.0, 0.1])
+def test_masker_makes_the_groups_of_its_priorities(throw_ratio: float) -> None:
+    """The top-k split has the groups the full sort of hard_patch_priorities would give."""
+    losses = torch.randn(64, 196, generator=torch.Generator().manual_seed(5))
+    masker = HardPatchMasker(0.6, alpha=0.5, throw_ratio=throw_ratio)
+    split = masker(64, 196, losses, generator=torch.Generator().manual_seed(6))
+    counts = masker.counts(196)
+    priorities = hard_patch_priorities(
+        losses, hard_patch_count(counts.masked, 0.5), generator=torch.Generator().manual_seed(6)
+    )
+    reference = split_from_priorities(priorities, counts)
+    assert torch.equal(split.labels, reference.labels)
+    for got, want in zip(split[:3], reference[:3]):  # groups in patch order
+        assert torch.equal(got, want.sort(dim=1).values)
 
 
 def test_alpha_schedule_follows_hpm() -> None:
@@ -230,12 +246,11 @@ class TestCuda:
         assert first.is_masked().gather(1, hardest).all()
 
 
-def test_benchmark_reference_is_hpms_rule() -> None:
+def test_benchmark_reference_is_hpms_rule(monkeypatch: pytest.MonkeyPatch) -> None:
     """HPM's loop as benchmarks/bench_strategies.py re-implements it masks the same way."""
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_strategies.py"
-    spec = importlib.util.spec_from_file_location("bench_strategies", path)
-    bench = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    spec.loader.exec_module(bench)  # type: ignore[union-attr]
+    # The benchmark scripts import each other (common, bench_masking) as top-level modules.
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    bench = importlib.import_module("bench_strategies")
     losses = torch.randn(16, 196, generator=torch.Generator().manual_seed(9))
     mask = bench.hpm_reference(losses, 0.75, 0.5).bool()
     assert (mask.sum(1) == 147).all()

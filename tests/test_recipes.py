@@ -48,7 +48,8 @@ from timm.optim import create_optimizer_v2  # noqa: E402
 
 # 32 px images in 8 px patches: a 4 x 4 grid, 16 patches (4 visible, 7 masked, 5 thrown).
 TINY = ["--model", "vit_micro_patch8_64", "--input_size", "32", "--num_workers", "0"]
-TINY_DATA = ["--num_train", "32", "--num_val", "16", "--batch_size", "8", "--no_progress"]
+TINY_DATA = ["--num_train", "32", "--num_val", "16", "--num_test", "16", "--batch_size", "8"]
+TINY_DATA += ["--no_progress"]
 TINY_DECODER = ["--decoder_embed_dim", "32", "--decoder_depth", "1", "--decoder_num_heads", "2"]
 
 
@@ -442,21 +443,23 @@ def test_pretrain_runs_end_to_end_and_the_loss_decreases(tmp_path: Path) -> None
     ]
     saved = json.loads((tmp_path / "summary.json").read_text())
     assert saved["final"] == pytest.approx(summary["final"])
-    assert set(saved["lesion_hit_rate"]) == {"attention", "uniform"}
-    assert all(0.0 <= v <= 1.0 for v in saved["lesion_hit_rate"].values())
+    assert set(saved["val_lesion_hit_rate"]) == {"attention", "uniform"}
+    assert all(0.0 <= v <= 1.0 for v in saved["val_lesion_hit_rate"].values())
+    assert saved["arm"] == "MSMAE" and saved["cls_loss_weight"] == 0.1
     checkpoint = outputs.load_checkpoint(tmp_path / "checkpoint.pth")
     # What resume needs and nothing else.
     assert set(checkpoint) == {
         *("model", "optimizer", "scaler", "lr_scheduler", "bank", "epoch", "rng", "args"),
         *("script", "stats"),  # who wrote it (checked by --resume); the summary's stats
+        *("source", "seconds"),  # the initial weights' format; training time so far
     }
     assert checkpoint["script"] == "main_pretrain.py"
     assert checkpoint["stats"] == pytest.approx(summary["final"])
     assert set(checkpoint["rng"][0]) == {"cpu", "cuda"}
     assert checkpoint["epoch"] == 5
     # A refresh logs how much of the held-out lesions the fresh maps would mask.
-    assert set(log[3]["lesion_hit_rate"]) == {"attention", "uniform"}
-    assert "lesion_hit_rate" not in log[4]
+    assert set(log[3]["val_lesion_hit_rate"]) == {"attention", "uniform"}
+    assert "val_lesion_hit_rate" not in log[4]
     # Every sample's map was refreshed: none is the bank's initial all-ones map.
     maps = checkpoint["bank"]["weights"].flatten(1)
     assert bool((maps != 1).any(dim=1).all())
@@ -472,7 +475,8 @@ def _interrupt_after_first_checkpoint(monkeypatch: pytest.MonkeyPatch, module: A
 
     def save_then_stop(path: Path, state: dict[str, Any]) -> None:
         real_save(path, state)
-        raise _InterruptedError
+        if Path(path).name == "checkpoint.pth":  # best.pth is written before it
+            raise _InterruptedError
 
     monkeypatch.setattr(module, "save_checkpoint", save_then_stop)
 
@@ -514,13 +518,35 @@ def test_finetune_runs_end_to_end_and_resumes_exactly(
     pre = ("--epochs", "1", "--warmup_epochs", "0", "--masker", "random")
     main_pretrain.main(pretrain_args(tmp_path / "pre", *pre))
     pretrained = str(tmp_path / "pre" / "checkpoint.pth")
-    options = ("--epochs", "2", "--warmup_epochs", "1", "--refresh_every", "1")
-    options = (*options, "--finetune", pretrained, "--blr", "5e-3")
+    options = ("--epochs", "3", "--warmup_epochs", "1", "--refresh_every", "2")
+    options = (*options, "--finetune", pretrained, "--blr", "5e-3", "--map_source", "refresh")
+    options = (*options, "--model_ema")
     summary = main_finetune.main(finetune_args(tmp_path / "straight", *options))
     assert summary["val"]["num_samples"] == 16
     assert len(summary["val"]["recall"]) == 3
     assert sum(map(sum, summary["val"]["confusion"])) == 16
-    assert (tmp_path / "straight" / "masks_epoch001.png").exists()
+    assert summary["splits"] == {"train": 32, "val": 16, "test": 16}
+    for part in (summary, summary["ema"]):  # the raw model and its EMA
+        assert part["test"]["final"]["num_samples"] == 16
+        assert part["test"]["val_selected"]["num_samples"] == 16
+        assert part["stability"]["epochs"] == [1, 2]
+    assert "no_test_split" not in summary
+    # Refreshed before epochs 0 and 2 (the paper's schedule, every --refresh_every epochs).
+    assert sorted(p.name for p in (tmp_path / "straight").glob("masks_*.png")) == [
+        "masks_epoch000.png",
+        "masks_epoch002.png",
+    ]
+    # Selected on val, and on val only: the first epoch of best val top-1; test is never
+    # evaluated while training.
+    log = read_log(tmp_path / "straight" / "log.jsonl")
+    val = [r["val_acc1"] for r in log]
+    assert summary["selected"] == {"epoch": val.index(max(val)), "val_acc1": max(val)}
+    assert not [k for r in log for k in r if "test" in k]
+    best = outputs.load_checkpoint(tmp_path / "straight" / "best.pth")
+    assert best["epoch"] == summary["selected"]["epoch"] and best["script"] == "main_finetune.py"
+    ema_best = outputs.load_checkpoint(tmp_path / "straight" / "best_ema.pth")
+    assert ema_best["epoch"] == summary["ema"]["selected"]["epoch"]
+    assert set(best["model"]) == set(tiny_vit().state_dict())  # loads into the timm ViT
 
     with monkeypatch.context() as patch:
         _interrupt_after_first_checkpoint(patch, main_finetune)
@@ -532,12 +558,29 @@ def test_finetune_runs_end_to_end_and_resumes_exactly(
     )
     straight = outputs.load_checkpoint(tmp_path / "straight" / "checkpoint.pth")
     resumed = outputs.load_checkpoint(first)
-    for name, value in straight["model"].items():
-        assert torch.equal(value, resumed["model"][name]), name
-    assert resumed_summary["val"] == summary["val"]
+    for entry in ("model", "model_ema"):
+        for name, value in straight[entry].items():
+            assert torch.equal(value, resumed[entry][name]), (entry, name)
+    for name in ("best.pth", "best_ema.pth"):
+        a = outputs.load_checkpoint(tmp_path / "straight" / name)
+        b = outputs.load_checkpoint(tmp_path / "resumed" / name)
+        assert a["epoch"] == b["epoch"]
+        assert all(torch.equal(v, b["model"][k]) for k, v in a["model"].items())
+    for key in ("val", "test", "selected", "ema"):
+        assert resumed_summary[key] == summary[key], key
     assert read_log(tmp_path / "straight" / "log.jsonl") == read_log(
         tmp_path / "resumed" / "log.jsonl"
     )
+    # Killed after its last checkpoint (no summary.json): resuming rebuilds the summary
+    # from the checkpoint (issue 12.3); once written, resuming again leaves it as it is.
+    (tmp_path / "resumed" / "summary.json").unlink()
+    last = str(tmp_path / "resumed" / "checkpoint.pth")
+    rebuilt = main_finetune.main(finetune_args(tmp_path / "resumed", *options, "--resume", last))
+    for key in ("val", "train", "test", "selected", "ema"):
+        assert rebuilt[key] == summary[key], key
+    written = (tmp_path / "resumed" / "summary.json").read_bytes()
+    main_finetune.main(finetune_args(tmp_path / "resumed", *options, "--resume", last))
+    assert (tmp_path / "resumed" / "summary.json").read_bytes() == written
 
 
 @pytest.mark.slow
@@ -610,17 +653,23 @@ def test_csv_data_pretrains(tmp_path: Path) -> None:
 def test_quickstart_writes_the_summary_schema(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    argv = ["--out", str(tmp_path), "--num_train", "32", "--num_val", "12", "--input_size", "32"]
-    argv += ["--batch_size", "8", "--mask_warmup_epochs", "1", "--pretrain_epochs", "2"]
-    argv += ["--finetune_epochs", "1", "--decoder_embed_dim", "32", "--decoder_depth", "1"]
-    argv += ["--decoder_num_heads", "2"]
+    argv = ["--out", str(tmp_path), "--num_train", "32", "--num_val", "12", "--num_test", "12"]
+    argv += ["--input_size", "32", "--batch_size", "8", "--mask_warmup_epochs", "1"]
+    argv += ["--pretrain_epochs", "2", "--finetune_epochs", "1", "--decoder_embed_dim", "32"]
+    argv += ["--decoder_depth", "1", "--decoder_num_heads", "2"]
     summary = quickstart.main(quickstart.get_args_parser().parse_args(argv))
     saved = json.loads((tmp_path / "summary.json").read_text())
     assert saved == json.loads(json.dumps(summary))
-    assert set(saved["lesion_hit_rate"]) == {"random", "amt", "sam"}
-    assert all(0.0 <= v <= 1.0 for v in saved["lesion_hit_rate"].values())
-    assert set(saved["finetune_acc1"]) == {"sam", "full"}
-    assert all(0.0 <= v <= 100.0 for v in saved["finetune_acc1"].values())
+    assert set(saved["val_lesion_hit_rate"]) == {"random", "amt", "sam"}
+    assert all(0.0 <= v <= 1.0 for v in saved["val_lesion_hit_rate"].values())
+    assert set(saved["finetune"]) == {"none", "random", "sam"}
+    for run in saved["finetune"].values():
+        assert set(run["test_acc1"]) == {"final", "val_selected"}
+        assert all(0.0 <= v <= 100.0 for v in run["test_acc1"].values())
+    assert saved["splits"] == {"train": 32, "val": 12, "test": 12}
     with Image.open(tmp_path / "masks.png") as png:
         assert png.width > png.height > 0
-    assert "lesion hit rate" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    # Every figure names its split; the printout says what does and does not transfer.
+    assert "on the val images" in out and "top-1 on the test images" in out
+    assert "do not predict yours" in out and "examples/ablation.py" in out

@@ -19,7 +19,7 @@ TIMEOUT_S = 300
 TINY = [
     *("--model", "vit_micro_patch8_64", "--input_size", "32", "--device", "cpu"),
     *("--num_train", "32", "--num_val", "15", "--batch_size", "4", "--num_workers", "0"),
-    "--no_progress",
+    *("--num_test", "15", "--no_progress"),
 ]
 
 
@@ -105,3 +105,49 @@ def test_ddp_finetuning_evaluates_every_sample_once(pretrained: Path, tmp_path: 
     # 15 validation images split 8 / 7 over the ranks, summed into one confusion matrix.
     assert summary["val"]["num_samples"] == 15
     assert sum(map(sum, summary["val"]["confusion"])) == 15
+    # Every rank reads rank 0's best.pth for the val-selected model's test figures.
+    assert summary["test"]["val_selected"]["num_samples"] == 15
+
+
+def test_ddp_stop_after_epoch_then_resume_ends_as_the_uninterrupted_run(
+    pretrained: Path, tmp_path: Path
+) -> None:
+    # Issue 12.7 under torchrun: every rank stops after the checkpoint, and the resumed run
+    # (each rank restoring its own RNG state) ends bit-identical to the uninterrupted one.
+    options = [
+        *TINY,
+        *("--decoder_embed_dim", "32", "--decoder_depth", "1", "--decoder_num_heads", "2"),
+        *("--epochs", "2", "--mask_warmup_epochs", "1", "--refresh_every", "1"),
+        *("--warmup_epochs", "1", "--output_dir", str(tmp_path)),
+    ]
+    stopped = torchrun("main_pretrain.py", *options, "--stop_after_epoch", "0")
+    assert "stopped after epoch 0" in stopped.stdout
+    assert not (tmp_path / "summary.json").exists()
+    torchrun("main_pretrain.py", *options, "--resume", str(tmp_path / "checkpoint.pth"))
+    straight = torch.load(pretrained / "checkpoint.pth", weights_only=True)
+    resumed = torch.load(tmp_path / "checkpoint.pth", weights_only=True)
+    for name, value in straight["model"].items():
+        assert torch.equal(value, resumed["model"][name]), name
+    assert torch.equal(straight["bank"]["weights"], resumed["bank"]["weights"])
+    log = (tmp_path / "log.jsonl").read_text()
+    assert log == (pretrained / "log.jsonl").read_text()
+
+
+def test_ddp_ablation_runs_every_arm_in_one_process_group(tmp_path: Path) -> None:
+    # The process group is set up once by the ablation; each recipe run uses it.
+    torchrun(
+        "ablation.py",
+        *("--config", "tiny", "--input_size", "32", "--device", "cpu", "--num_workers", "0"),
+        *("--num_train", "32", "--num_val", "15", "--num_test", "15"),
+        *("--decoder_embed_dim", "32", "--decoder_depth", "1", "--decoder_num_heads", "2"),
+        *("--pretrain_batch_size", "4", "--pretrain_epochs", "2", "--mask_warmup_epochs", "1"),
+        *("--pretrain_refresh_every", "1", "--finetune_batch_size", "4"),
+        *("--finetune_epochs", "1", "--finetune_warmup_epochs", "0"),
+        *("--pretrain_arms", "sam", "--finetune_arms", "none", "sam_cls"),
+        *("--output_dir", str(tmp_path)),
+    )
+    saved = json.loads((tmp_path / "ablation.json").read_text())
+    assert [r["finetune"] for r in saved["runs"]] == ["none", "sam_cls"]
+    for run in saved["runs"]:
+        summary = json.loads((Path(run["dir"]) / "summary.json").read_text())
+        assert summary["world_size"] == 2 and summary["test"]["final"]["num_samples"] == 15

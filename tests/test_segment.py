@@ -417,6 +417,18 @@ def test_load_encoder_takes_a_pretraining_checkpoint_at_another_size() -> None:
 # ------------------------------------------------------------------------- the script
 
 
+@pytest.mark.parametrize(
+    "option, value",
+    [("--val_fraction", "1"), ("--crop_min_scale", "0"), ("--rotation", "200"), ("--hflip", "2")],
+)
+def test_out_of_range_options_are_refused(tmp_path: Path, option: str, value: str) -> None:
+    with pytest.raises(ValueError, match=f"out of range: {option} "):
+        main_segment.main(segment_args(tmp_path, option, value))
+    with pytest.raises(ValueError, match="not a multiple of the patch size"):
+        main_segment.main(segment_args(tmp_path, "--input_size", "36"))
+    assert not tmp_path.exists() or not list(tmp_path.iterdir())
+
+
 def test_defaults_are_the_papers() -> None:
     args = main_segment.get_args_parser().parse_args([])
     assert (args.batch_size, args.epochs, args.lr, args.weight_decay) == (8, 200, 1e-4, 1e-4)
@@ -426,7 +438,6 @@ def test_defaults_are_the_papers() -> None:
     assert {"model", "loss", "optimizer", "data", "runtime"} <= groups
 
 
-@pytest.mark.slow
 def test_tiny_run_end_to_end(tmp_path: Path) -> None:
     summary = main_segment.main(segment_args(tmp_path, "--epochs", "3"))
     names = sorted(p.name for p in tmp_path.iterdir())
@@ -459,35 +470,23 @@ def test_tiny_run_end_to_end(tmp_path: Path) -> None:
     checkpoint = outputs.load_checkpoint(tmp_path / "checkpoint.pth")
     assert set(checkpoint) == {
         *("model", "optimizer", "scaler", "lr_scheduler", "epoch", "rng", "args", "best"),
+        *("script", "stats"),
     }
     assert checkpoint["best"]["epoch"] == best["epoch"]
     assert outputs.load_checkpoint(tmp_path / "best.pth")["epoch"] == best["epoch"]
 
 
-class _InterruptedError(Exception):
-    pass
-
-
 @pytest.mark.slow
-def test_resume_is_bit_identical_to_an_uninterrupted_run(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path: Path) -> None:
     # Crops, flips and workers too: each view is drawn from (seed, epoch, index).
     options = ("--epochs", "3", "--crop_min_scale", "0.5", "--hflip", "0.5", "--drop_path", "0.1")
     options = (*options, "--num_workers", "2", "--num_train", "16", "--num_overlays", "0")
     straight = main_segment.main(segment_args(tmp_path / "straight", *options))
-
-    real_save = main_segment.save_checkpoint
-
-    def save_then_stop(path: Path, state: dict[str, Any]) -> None:
-        real_save(path, state)
-        if Path(path).name == "checkpoint.pth" and state["epoch"] == 1:
-            raise _InterruptedError
-
-    with monkeypatch.context() as patch:
-        patch.setattr(main_segment, "save_checkpoint", save_then_stop)
-        with pytest.raises(_InterruptedError):
-            main_segment.main(segment_args(tmp_path / "resumed", *options))
+    stopped = main_segment.main(
+        segment_args(tmp_path / "resumed", *options, "--stop_after_epoch", "1")
+    )
+    assert stopped["stopped_after_epoch"] == 1
+    assert not (tmp_path / "resumed" / "summary.json").exists()
     checkpoint = tmp_path / "resumed" / "checkpoint.pth"
     resumed = main_segment.main(
         segment_args(tmp_path / "resumed", *options, "--resume", str(checkpoint))
@@ -505,7 +504,33 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(
         assert resumed[part] == straight[part], part
 
 
-@pytest.mark.slow
+def test_output_folder_guard_resume_checks_and_finished_runs(tmp_path: Path) -> None:
+    options = ("--epochs", "2", "--num_train", "8", "--num_val", "4", "--num_test", "4")
+    main_segment.main(segment_args(tmp_path, *options, "--stop_after_epoch", "0"))
+    with pytest.raises(ValueError, match="holds the results of an earlier run"):
+        main_segment.main(segment_args(tmp_path, *options))
+    checkpoint = str(tmp_path / "checkpoint.pth")
+    with pytest.raises(ValueError, match="--bce_weight: checkpoint 0.5, now 1.0"):
+        main_segment.main(
+            segment_args(tmp_path, *options, "--resume", checkpoint, "--bce_weight", "1")
+        )
+    # Options that change no number may differ; the run finishes.
+    done = main_segment.main(
+        segment_args(tmp_path, *options, "--resume", checkpoint, "--num_overlays", "2")
+    )
+    summary = (tmp_path / "summary.json").read_text()
+    assert json.loads(summary) == json.loads(json.dumps(done))
+    again = main_segment.main(segment_args(tmp_path, *options, "--resume", checkpoint))
+    assert again == json.loads(summary)  # finished: nothing trained, nothing rewritten
+    assert (tmp_path / "summary.json").read_text() == summary
+    with pytest.raises(ValueError, match="written by main_segment.py, not main_pretrain.py"):
+        main_segment.main(segment_args(tmp_path / "other", *options, "--finetune", checkpoint))
+    # --overwrite starts afresh and removes this recipe's own files too.
+    main_segment.main(segment_args(tmp_path, *options, "--overwrite", "--num_overlays", "0"))
+    assert not list(tmp_path.glob("overlays_*.png"))
+    assert [r["epoch"] for r in read_log(tmp_path / "log.jsonl")] == [0, 1]
+
+
 def test_busi_folder_run_skips_and_lists_broken_pairs(tmp_path: Path) -> None:
     bad = _busi(tmp_path / "busi", broken=True)
     data = ("--data", "folder", "--data_path", str(tmp_path / "busi"), "--skip_corrupt")

@@ -5,6 +5,7 @@ python examples/main_pretrain.py --data csv \
     --id_column image_id --label_column dx --output_dir runs/pretrain_ham
 python examples/main_finetune.py --data csv \
     --csv_train /data/ham10000/train.csv --csv_val /data/ham10000/val.csv \
+    --csv_test /data/ham10000/test.csv \
     --image_dir /data/ham10000/HAM10000_images_part_1 /data/ham10000/HAM10000_images_part_2 \
     --id_column image_id --label_column dx \
     --finetune runs/pretrain_ham/checkpoint.pth --output_dir runs/finetune_ham

@@ -1,1 +1,1 @@
-"""Helpers of the MSMAE recipes: data and image files, checkpoints and logs, DDP, figures."""
+"""Helpers of the MSMAE recipes: data and image files, checkpoints and logs, run hygiene, DDP."""

@@ -1,8 +1,10 @@
 """Data for the recipes: ``--data synthetic | imagefolder | csv``, the views, the loaders.
 
 Splits hold ``(image, target)``, a (3, H, W) float tensor in [0, 1] (synthetic) or a PIL
-image. The refresh and evaluation views resize the whole image (no crop, no flip), as the
-maps are computed over whole images (AMT, MSMAE); all views are normalised as in MAE.
+image: train, val (checkpoint selection) and, where the data has one, test (reported,
+never selected on). The refresh and evaluation views resize the whole image (no crop, no
+flip), as the maps are computed over whole images (AMT, MSMAE); all views are normalised
+as in MAE.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from torchvision.transforms import v2
 from maskkit.demo import SyntheticLesions
 
 from .images import CsvImageDataset, UnreadableImageError, image_folder
+from .runs import area
 from .runtime import DistributedContext
 
 NORMALIZE = v2.Compose([v2.ToImage(), v2.ToDtype(torch.float, scale=True), v2.Normalize(MEAN, STD)])
@@ -48,8 +51,9 @@ class Transformed(Dataset):
 
 
 class DataSplits(NamedTuple):
-    """Training and validation items, class names, the files ``--skip_corrupt`` dropped and,
-    for ``--data synthetic``, the lesion sets behind the splits (with ground truth)."""
+    """Training, validation and test items (``test`` None when the data has no test split),
+    class names, the files ``--skip_corrupt`` dropped and, for ``--data synthetic``, the
+    lesion sets behind the training and validation splits (with ground truth)."""
 
     train: Any
     val: Any
@@ -57,22 +61,82 @@ class DataSplits(NamedTuple):
     skipped_files: dict[str, list[str]]
     lesions_train: SyntheticLesions | None = None
     lesions_val: SyntheticLesions | None = None
+    test: Any = None
 
 
-def build_datasets(args: argparse.Namespace) -> DataSplits:
-    """The splits ``--data`` names; synthetic images are rendered at ``--input_size``."""
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``data`` option group, shared by the recipes and the ablation runner."""
+    data = parser.add_argument_group("data")
+    data.add_argument(
+        "--data",
+        default="synthetic",
+        choices=["synthetic", "imagefolder", "csv"],
+        help="synthetic: built-in lesions (maskkit.demo.SyntheticLesions); imagefolder: "
+        "DATA_PATH/train/<class>/*, DATA_PATH/val/<class>/* and, optionally, "
+        "DATA_PATH/test/<class>/*; csv: --csv_train/--csv_val (and --csv_test) tables of "
+        "image ids and labels (HAM10000, Messidor-2) with images in --image_dir",
+    )
+    data.add_argument("--data_path", "--data-path", default=None, help="--data imagefolder root")
+    data.add_argument("--csv_train", default=None, help="training table of --data csv")
+    data.add_argument("--csv_val", default=None, help="validation table (checkpoint selection)")
+    data.add_argument("--csv_test", default=None, help="test table (reported, never selected on)")
+    data.add_argument("--image_dir", default=None, nargs="+", help="folder(s) of the csv images")
+    data.add_argument("--id_column", default="image_id", help="CSV column of image ids")
+    data.add_argument("--label_column", default="dx", help="CSV column of labels")
+    data.add_argument("--image_ext", default=".jpg", help="appended to CSV ids without one")
+    data.add_argument(
+        "--skip_corrupt",
+        action="store_true",
+        help="read every image at start and drop unreadable ones (listed in summary.json) "
+        "instead of stopping with an error that names the file",
+    )
+    data.add_argument("--num_train", default=1200, type=int, help="synthetic training images")
+    data.add_argument("--num_val", default=300, type=int, help="synthetic validation images")
+    data.add_argument("--num_test", default=300, type=int, help="synthetic test images (0: none)")
+    data.add_argument("--num_classes", default=3, type=int, help="synthetic classes (2-7)")
+    data.add_argument("--lesion_size", default=0.08, type=float, help="synthetic lesion radius")
+    data.add_argument(
+        "--data_seed",
+        default=0,
+        type=int,
+        help="seed of the synthetic images (train, val, test: seeds s, s+1, s+2), kept apart "
+        "from --seed so that runs of several seeds share one data set",
+    )
+    data.add_argument(
+        "--crop_min_scale",
+        default=0.2,
+        type=area,
+        help="smallest crop area of RandomResizedCrop, as a share of the image (MSMAE: 0.2)",
+    )
+    data.add_argument(
+        "--cache_images",
+        action="store_true",
+        help="decode (or render) every image once, up front, and keep it in memory",
+    )
+    data.add_argument("--num_workers", default=4, type=int)
+
+
+def build_datasets(args: argparse.Namespace, *, test: bool = True) -> DataSplits:
+    """The splits ``--data`` names (the test split only with ``test``, and where the data
+    has one); synthetic images are rendered at ``--input_size``."""
     lesions: tuple[SyntheticLesions, ...] = ()
+    test_set = None
+    data_seed = getattr(args, "data_seed", args.seed)
     if args.data == "synthetic":
         options = dict(image_size=args.input_size, num_classes=args.num_classes)
         options["lesion_size"] = args.lesion_size
-        train = SyntheticLesions(args.num_train, seed=args.seed, **options)
-        val = SyntheticLesions(args.num_val, seed=args.seed + 1, **options)  # no shared image
+        train = SyntheticLesions(args.num_train, seed=data_seed, **options)
+        val = SyntheticLesions(args.num_val, seed=data_seed + 1, **options)  # no shared image
         lesions = (train, val)
+        if test and getattr(args, "num_test", 0) > 0:
+            test_set = SyntheticLesions(args.num_test, seed=data_seed + 2, **options)
     elif args.data == "imagefolder":
         if args.data_path is None:
             raise ValueError("--data imagefolder needs --data_path DIR with train/ and val/")
         train = image_folder(Path(args.data_path) / "train")
         val = image_folder(Path(args.data_path) / "val", train.classes)
+        if test and (Path(args.data_path) / "test").is_dir():
+            test_set = image_folder(Path(args.data_path) / "test", train.classes)
     else:
         missing = [f"--{k}" for k in ("csv_train", "csv_val", "image_dir") if not getattr(args, k)]
         if missing:
@@ -81,10 +145,16 @@ def build_datasets(args: argparse.Namespace) -> DataSplits:
         columns["extension"] = args.image_ext
         train = CsvImageDataset(args.csv_train, args.image_dir, **columns)
         val = CsvImageDataset(args.csv_val, args.image_dir, **columns, classes=train.classes)
+        if test and getattr(args, "csv_test", None):
+            test_set = CsvImageDataset(
+                args.csv_test, args.image_dir, **columns, classes=train.classes
+            )
     classes, skipped = train.classes, {"train": [], "val": []}
     if args.skip_corrupt or args.cache_images:
         (train, skipped["train"]), (val, skipped["val"]) = _read(train, args), _read(val, args)
-    return DataSplits(train, val, classes, skipped, *lesions)
+        if test_set is not None:
+            test_set, skipped["test"] = _read(test_set, args)
+    return DataSplits(train, val, classes, skipped, *lesions, test=test_set)
 
 
 def _read(dataset: Any, args: argparse.Namespace) -> tuple[Any, list[str]]:

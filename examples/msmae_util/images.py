@@ -40,7 +40,7 @@ def load_rgb(path: str) -> Image.Image:
             if "A" in image.getbands() or "transparency" in image.info:
                 rgba = np.asarray(image.convert("RGBA"), dtype=np.uint32)
                 rgb = (rgba[..., :3] * rgba[..., 3:] + 127) // 255
-                return Image.fromarray(rgb.astype(np.uint8), "RGB")
+                return Image.fromarray(rgb.astype(np.uint8))  # RGB
             return image.convert("RGB")
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
         raise UnreadableImageError(
@@ -57,7 +57,7 @@ def _grey_by_bit_depth(image: Image.Image) -> Image.Image:
         raise ValueError("negative pixel values; save it as unsigned 8- or 16-bit grey")
     peak = (1 << max(8, int(pixels.max(initial=0)).bit_length())) - 1
     grey = (510 * pixels + peak) // (2 * peak)  # round(255 * v / peak), halves up
-    return Image.fromarray(grey.astype(np.uint8), "L").convert("RGB")
+    return Image.fromarray(grey.astype(np.uint8)).convert("RGB")
 
 
 def image_folder(root: str | os.PathLike[str], classes: Sequence[str] | None = None) -> ImageFolder:

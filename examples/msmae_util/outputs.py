@@ -33,21 +33,18 @@ def load_checkpoint(
 ) -> dict[str, Any]:
     """Read a checkpoint onto the CPU with the safe unpickler: it never runs code.
 
-    A file that is not a checkpoint (empty, text, damaged, or holding objects the safe
-    unpickler refuses) raises ``ValueError`` naming it. With ``expect`` (a script name), a
-    checkpoint written by another script (its ``"script"`` entry, else guessed from its
-    entries) raises ``ValueError`` saying which script wrote it.
+    A file that is not a checkpoint (empty, text, damaged, objects the safe unpickler
+    refuses) raises ``ValueError`` naming it; with ``expect`` (a script), so does a
+    checkpoint written by another script, saying which.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        # torch's text can advise unsafe loading: keep only its last line without that.
-        lines = [x for x in str(err).splitlines() if x.strip() and "weights_only" not in x]
-        why = "it is empty" if path.stat().st_size == 0 else f"{type(err).__name__}"
-        why += f": {lines[-1].strip()}" if lines and path.stat().st_size else ""
+    except Exception as err:  # keep torch's last line, never its advice to load unsafely
+        lines = [x.strip() for x in str(err).splitlines() if x.strip() and "weights_only" not in x]
+        why = ": ".join([type(err).__name__, *lines[-1:]]) if path.stat().st_size else "empty"
         raise ValueError(
             f"cannot read checkpoint {path} ({why}): it is not a checkpoint of these recipes, "
             "or it is damaged"
@@ -56,7 +53,13 @@ def load_checkpoint(
         return checkpoint
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("model"), dict):
         raise ValueError(f"{path} holds no 'model' entry: it is not a checkpoint of {expect}")
-    found = checkpoint.get("script") or _writer(checkpoint)
+    found = checkpoint.get("script") or (  # before v0.2: guessed from the entries
+        "main_finetune.py"
+        if "best_acc1" in checkpoint
+        else "main_pretrain.py"
+        if any(k.startswith("encoder.") for k in checkpoint["model"])
+        else "an unknown script"
+    )
     if found != expect:
         hint = f"; continue that run with {found} --resume {path}" if option == "--resume" else ""
         if option == "--resume" and found == "main_pretrain.py":
@@ -66,14 +69,6 @@ def load_checkpoint(
             f"{expect}{hint}"
         )
     return checkpoint
-
-
-def _writer(checkpoint: dict[str, Any]) -> str:
-    """The script that wrote a checkpoint without a ``"script"`` entry (before v0.2)."""
-    if "best_acc1" in checkpoint:
-        return "main_finetune.py"
-    pretrained = any(k.startswith("encoder.") for k in checkpoint["model"])
-    return "main_pretrain.py" if pretrained else "an unknown script"
 
 
 def rng_state() -> dict[str, Any]:
@@ -125,18 +120,25 @@ def write_json(path: str | os.PathLike[str], data: dict[str, Any]) -> None:
         file.write(json.dumps(_plain(data), indent=2) + "\n")
 
 
+def _epoch(line: str) -> float:
+    try:
+        return json.loads(line)["epoch"]
+    except ValueError:  # empty, or torn by a kill mid-write
+        return math.inf
+
+
 class JsonLinesLog:
     """One JSON object per epoch in ``path`` (``log.jsonl``).
 
     A resumed run (``start_epoch > 0``) first drops the lines of epochs at or after
     ``start_epoch``: an interrupted run wrote them after its last checkpoint, and they will
-    be written again. A fresh run starts an empty log.
+    be written again; so is a line torn by a kill mid-write. A fresh run starts an empty log.
     """
 
     def __init__(self, path: str | os.PathLike[str], *, start_epoch: int = 0) -> None:
         self.path = Path(path)
         lines = self.path.read_text().splitlines() if start_epoch and self.path.exists() else []
-        kept = [line for line in lines if line and json.loads(line)["epoch"] < start_epoch]
+        kept = [line for line in lines if _epoch(line) < start_epoch]
         with atomic_write(self.path, "w") as file:
             file.write("".join(f"{line}\n" for line in kept))
 

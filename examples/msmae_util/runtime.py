@@ -14,11 +14,13 @@ from timm.scheduler import CosineLRScheduler
 
 
 class DistributedContext(NamedTuple):
-    """This process's rank, the number of processes and the device it trains on."""
+    """This process's rank, the number of processes, the device it trains on, and whether
+    this run started the process group (else its caller did, e.g. the ablation runner)."""
 
     rank: int
     world_size: int
     device: torch.device
+    owns_group: bool = True
 
     @property
     def is_main(self) -> bool:
@@ -26,14 +28,14 @@ class DistributedContext(NamedTuple):
         return self.rank == 0
 
     def close(self) -> None:
-        """Leave the process group, so that ``main`` can run again in this process."""
-        if self.world_size > 1 and dist.is_initialized():
+        """Leave the process group this run started, so that ``main`` can run again here."""
+        if self.owns_group and self.world_size > 1 and dist.is_initialized():
             dist.destroy_process_group()
 
 
 def init_distributed(device: str, *, timeout_s: float = 1800.0) -> DistributedContext:
     """Join the process group torchrun describes (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``,
-    which picks the GPU), if any."""
+    which picks the GPU), if any; a group the caller initialised already is used as is."""
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError("--device cuda was given but no CUDA device is visible; use --device cpu")
     rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
@@ -41,6 +43,8 @@ def init_distributed(device: str, *, timeout_s: float = 1800.0) -> DistributedCo
     if torch_device.type == "cuda":
         torch_device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         torch.cuda.set_device(torch_device)
+    if world_size > 1 and dist.is_initialized():
+        return DistributedContext(dist.get_rank(), dist.get_world_size(), torch_device, False)
     if world_size > 1:
         backend = "nccl" if torch_device.type == "cuda" else "gloo"
         dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
@@ -49,6 +53,12 @@ def init_distributed(device: str, *, timeout_s: float = 1800.0) -> DistributedCo
 
 def world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def barrier() -> None:
+    """Wait for every rank (e.g. until rank 0 has written a file the others read)."""
+    if world_size() > 1:
+        dist.barrier()
 
 
 def print0(*args: Any, **kwargs: Any) -> None:
