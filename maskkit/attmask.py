@@ -16,14 +16,13 @@ from torch import Tensor
 
 from ._checks import check_choice, check_ratio
 from .functional import (
-    SplitCounts,
     check_device,
     check_finite,
     check_ratios,
     flatten_weights,
-    split_counts,
     split_from_priorities,
 )
+from .maskers import Masker
 from .split import MaskSplit
 
 __all__ = ["AttMaskMasker", "AttMaskMode", "attmask_priorities"]
@@ -88,7 +87,7 @@ def attmask_priorities(
     return torch.where(guided[:, None], scores, noise), guided
 
 
-class AttMaskMasker:
+class AttMaskMasker(Masker):
     """AttMask's attention-guided masking with exact counts (arXiv:2203.12719).
 
     Takes the teacher's attention as ``weights`` at each call (B, L) or (B, gh, gw), on the
@@ -151,10 +150,6 @@ class AttMaskMasker:
         if not isinstance(validate, bool):
             raise TypeError(f"validate must be a bool, got {type(validate).__name__}")
         self.validate = validate
-
-    def counts(self, num_patches: int) -> SplitCounts:
-        """The per-sample ``(n_visible, n_masked, n_thrown)`` for L patches."""
-        return split_counts(num_patches, self.mask_ratio, self.throw_ratio)
 
     def hint_counts(self, num_patches: int) -> tuple[int, int]:
         """``(R, H)``: hints revealed and the pool they come from, for L patches (``"hints"``).

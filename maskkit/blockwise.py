@@ -27,13 +27,12 @@ from torch import Tensor
 
 from ._checks import check_int, check_pair
 from .functional import (
-    SplitCounts,
     check_ratios,
     labels_from_priorities,
-    split_counts,
     split_from_labels,
     split_from_ranks,
 )
+from .maskers import Masker
 from .split import MaskSplit
 
 __all__ = [
@@ -279,7 +278,7 @@ def _block_priorities(
     return picked.add_(noise, alpha=0.01)
 
 
-class BlockMasker:
+class BlockMasker(Masker):
     """BEiT's block-wise masking with exact counts (Bao et al., 2022, arXiv:2106.08254).
 
     BEiT (microsoft/unilm ``masking_generator.py``) lays random blocks on the patch grid
@@ -346,10 +345,6 @@ class BlockMasker:
                 f", got {num_blocks}; a few dozen blocks already cover any grid"
             )
         self.grid = _check_grid(grid)
-
-    def counts(self, num_patches: int) -> SplitCounts:
-        """The per-sample ``(n_visible, n_masked, n_thrown)`` for L patches."""
-        return split_counts(num_patches, self.mask_ratio, self.throw_ratio)
 
     def __call__(
         self,
@@ -502,7 +497,7 @@ def _unit_ranks(
     return first.gather(1, unit_of_patch.expand(batch_size, gh * gw)) + within
 
 
-class UnitMasker:
+class UnitMasker(Masker):
     """SimMIM's uniform masking of k x k patch units (Xie et al., 2022, arXiv:2111.09886).
 
     SimMIM (microsoft/SimMIM ``MaskGenerator``) masks ``ceil(units * mask_ratio)`` random
@@ -543,10 +538,6 @@ class UnitMasker:
         self.mask_ratio, self.throw_ratio = check_ratios(mask_ratio, throw_ratio)
         self.unit = check_int("unit", unit, minimum=1)
         self.grid = _check_grid(grid)
-
-    def counts(self, num_patches: int) -> SplitCounts:
-        """The per-sample ``(n_visible, n_masked, n_thrown)`` for L patches."""
-        return split_counts(num_patches, self.mask_ratio, self.throw_ratio)
 
     def __call__(
         self,

@@ -20,16 +20,15 @@ from torch import Tensor
 
 from ._checks import check_int, check_ratio
 from .functional import (
-    SplitCounts,
     _topk_keys,
     check_device,
     check_finite,
     check_ratios,
     flatten_weights,
     labels_from_priorities,
-    split_counts,
     split_from_labels,
 )
+from .maskers import Masker
 from .split import MaskSplit
 
 __all__ = ["HardPatchMasker", "HardPatchSchedule", "hard_patch_count", "hard_patch_priorities"]
@@ -98,7 +97,7 @@ class HardPatchSchedule:
         return self.start + (self.end - self.start) * progress
 
 
-class HardPatchMasker:
+class HardPatchMasker(Masker):
     """HPM's hard-patch masking with exact counts (Wang et al., 2023, arXiv:2304.05919).
 
     Takes predicted per-patch losses as ``weights`` at each call, (B, L) or (B, gh, gw).
@@ -136,10 +135,6 @@ class HardPatchMasker:
         if not isinstance(validate, bool):
             raise TypeError(f"validate must be a bool, got {type(validate).__name__}")
         self.validate = validate
-
-    def counts(self, num_patches: int) -> SplitCounts:
-        """The per-sample ``(n_visible, n_masked, n_thrown)`` for L patches."""
-        return split_counts(num_patches, self.mask_ratio, self.throw_ratio)
 
     def __call__(
         self,

@@ -5,18 +5,27 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .functional import check_ratios, sample_split
+from .functional import SplitCounts, check_ratios, sample_split, split_counts
 from .split import MaskSplit
 
-__all__ = ["RandomMasker", "AMTMasker", "SAMMasker"]
+__all__ = ["AMTMasker", "Masker", "RandomMasker", "SAMMasker"]
 
 
-class _Masker:
-    """Shared call signature: ``masker(batch_size, num_patches, weights=None, *, ...)``."""
+class Masker:
+    """What every maskkit masker shares: its ratios, its exact counts and its call.
+
+    ``masker(batch_size, num_patches, weights=None, *, device=None, generator=None)``
+    returns a :class:`~maskkit.MaskSplit` with :meth:`counts` per sample; a strategy that
+    builds its own priorities overrides ``__call__`` and keeps that signature.
+    """
 
     mask_ratio: float
     throw_ratio: float
-    validate: bool
+    validate: bool = True
+
+    def counts(self, num_patches: int) -> SplitCounts:
+        """The per-sample ``(n_visible, n_masked, n_thrown)`` for L patches."""
+        return split_counts(num_patches, self.mask_ratio, self.throw_ratio)
 
     def __call__(
         self,
@@ -58,7 +67,7 @@ class _Masker:
         )
 
 
-class RandomMasker(_Masker):
+class RandomMasker(Masker):
     """MAE's uniform random masking (He et al., 2022): no weights, nothing thrown.
 
     ``int(L * (1 - mask_ratio))`` patches stay visible and the rest are masked, exactly
@@ -109,7 +118,7 @@ class RandomMasker(_Masker):
         return f"RandomMasker(mask_ratio={self.mask_ratio})"
 
 
-class _WeightedMasker(_Masker):
+class _WeightedMasker(Masker):
     """Weighted masking-and-throwing; AMTMasker and SAMMasker differ only in defaults."""
 
     def __init__(self, mask_ratio: float, throw_ratio: float, *, validate: bool = True) -> None:

@@ -19,7 +19,8 @@ from torch import Tensor
 
 from ._checks import check_choice, check_int, check_pair
 from .blockwise import _check_call, _check_grid, _refuse_weights, _resolve_grid
-from .functional import SplitCounts, check_ratios, split_counts, split_from_priorities
+from .functional import check_ratios, split_from_priorities
+from .maskers import Masker
 from .split import MaskSplit
 
 __all__ = [
@@ -203,7 +204,7 @@ def noise_pattern_weights(
     return torch.exp(-sharpness * (noise - low) / span)
 
 
-class NoisePatternMasker:
+class NoisePatternMasker(Masker):
     """ColorMAE's data-independent masking, with exact counts (arXiv:2407.13036).
 
     Each sample gets a fresh :func:`color_noise` field; the M patches of lowest noise are
@@ -236,10 +237,6 @@ class NoisePatternMasker:
         self.color: NoiseColor = check_choice("color", color, NOISE_COLORS)
         self.band = DEFAULT_BAND if band is None else _check_band(band)
         self.grid = _check_grid(grid)
-
-    def counts(self, num_patches: int) -> SplitCounts:
-        """The per-sample ``(n_visible, n_masked, n_thrown)`` for L patches."""
-        return split_counts(num_patches, self.mask_ratio, self.throw_ratio)
 
     def __call__(
         self,
