@@ -3,14 +3,12 @@ an optional cls-token loss and weight EMA, and the evaluation."""
 
 from __future__ import annotations
 
-import math
-import sys
 from collections.abc import Iterable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from msmae_util.runtime import all_reduce_mean, all_reduce_sum
+from msmae_util.runtime import all_reduce_mean, all_reduce_sum, optimizer_step
 from timm.scheduler.scheduler import Scheduler
 from timm.utils import ModelEmaV3
 from torch import nn
@@ -100,16 +98,8 @@ def train_one_epoch(
             cls_loss = F.cross_entropy(cls_logits.float(), targets, label_smoothing=label_smoothing)
             totals["cls_loss"] += cls_loss.item()
             loss = loss + cls_loss_weight * cls_loss
-        loss_value = loss.item()
-        if not math.isfinite(loss_value):
-            sys.exit(f"loss is {loss_value} at epoch {epoch}, step {step}; stopping training")
-        optimizer.zero_grad(set_to_none=True)
-        loss_scaler.scale(loss).backward()
-        if clip_grad is not None:
-            loss_scaler.unscale_(optimizer)
-            nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
-        loss_scaler.step(optimizer)
-        loss_scaler.update()
+        where = f"epoch {epoch}, step {step}"
+        loss_value = optimizer_step(loss, optimizer, loss_scaler, model, clip_grad, where=where)
         if ema is not None:
             ema.update(plain, step=epoch * steps + step + 1)
 

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import math
-import sys
 from collections.abc import Iterable
 from typing import Any
 
 import torch
-from msmae_util.runtime import all_reduce_mean
+from msmae_util.runtime import all_reduce_mean, optimizer_step
 from timm.scheduler.scheduler import Scheduler
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -76,16 +74,8 @@ def train_one_epoch(
         split = masker(images.shape[0], grid[0] * grid[1], weights, device=device)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             out = model(images, targets, split)
-        loss_value = out.loss.item()
-        if not math.isfinite(loss_value):
-            sys.exit(f"loss is {loss_value} at epoch {epoch}, step {step}; stopping training")
-        optimizer.zero_grad(set_to_none=True)
-        loss_scaler.scale(out.loss).backward()
-        if clip_grad is not None:
-            loss_scaler.unscale_(optimizer)
-            nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
-        loss_scaler.step(optimizer)
-        loss_scaler.update()
+        where = f"epoch {epoch}, step {step}"
+        loss_value = optimizer_step(out.loss, optimizer, loss_scaler, model, clip_grad, where=where)
 
         totals["loss"] += loss_value
         totals["recon_loss"] += out.recon_loss.item()

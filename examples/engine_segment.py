@@ -21,9 +21,7 @@ numbers are the means over those classes, and ``per_class`` holds each one.
 
 from __future__ import annotations
 
-import math
 import os
-import sys
 from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
@@ -31,7 +29,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from msmae_util.runtime import all_reduce_mean, all_reduce_sum, world_size
+from msmae_util.runtime import all_reduce_mean, all_reduce_sum, optimizer_step, world_size
 from PIL import Image, ImageDraw
 from timm.scheduler.scheduler import Scheduler
 from torch import Tensor, nn
@@ -255,16 +253,14 @@ def train_one_epoch(
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             logits = model(images)
         terms = segmentation_loss(logits.float(), masks, bce_weight=bce_weight)
-        loss_value = terms.loss.item()
-        if not math.isfinite(loss_value):
-            sys.exit(f"loss is {loss_value} at epoch {epoch}, step {step}; stopping training")
-        optimizer.zero_grad(set_to_none=True)
-        loss_scaler.scale(terms.loss).backward()
-        if clip_grad is not None:
-            loss_scaler.unscale_(optimizer)
-            nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
-        loss_scaler.step(optimizer)
-        loss_scaler.update()
+        loss_value = optimizer_step(
+            terms.loss,
+            optimizer,
+            loss_scaler,
+            model,
+            clip_grad,
+            where=f"epoch {epoch}, step {step}",
+        )
 
         totals["loss"] += loss_value
         totals["dice_loss"] += terms.dice.item()

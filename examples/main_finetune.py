@@ -88,12 +88,10 @@ from msmae_util.outputs import (
 from msmae_util.runs import (
     SCHEDULE_OPTIONS,
     add_run_arguments,
-    check_resume_args,
     check_split,
-    finished_summary,
-    prepare_output_dir,
     ratio,
     run_main,
+    start_run,
     stop_after,
 )
 from msmae_util.runtime import (
@@ -280,15 +278,9 @@ def _finetune(args: argparse.Namespace, ctx: DistributedContext) -> dict[str, An
     if args.lr is None:  # MAE's linear scaling rule
         args.lr = args.blr * args.batch_size * ctx.world_size / 256
     amp_dtype, scaler = amp_settings(args.amp, device)
-    output_dir = prepare_output_dir(
-        args.output_dir, resume=bool(args.resume), overwrite=args.overwrite, is_main=ctx.is_main
-    )
-    checkpoint, changed = None, set()
-    if args.resume:
-        checkpoint = load_checkpoint(args.resume, expect=SCRIPT)
-        changed = check_resume_args(checkpoint, args, world_size=ctx.world_size, path=args.resume)
-        if (finished := finished_summary(checkpoint, args, output_dir)) is not None:
-            return finished
+    output_dir, checkpoint, changed, finished = start_run(args, ctx, script=SCRIPT)
+    if finished is not None:
+        return finished
     pretrained, source = None, "scratch"
     if args.finetune and checkpoint is None:  # a resumed run loads every weight
         pretrained, source = read_init_weights(args.finetune, option="--finetune")

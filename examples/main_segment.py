@@ -41,6 +41,7 @@ options differ); ``--stop_after_epoch N`` exits after epoch N's checkpoint.
 from __future__ import annotations
 
 import argparse
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -67,12 +68,11 @@ from msmae_util.outputs import (
     write_json,
 )
 from msmae_util.runs import (
+    OWN_OUTPUTS,
     SCHEDULE_OPTIONS,
     add_run_arguments,
-    check_resume_args,
-    finished_summary,
-    prepare_output_dir,
     run_main,
+    start_run,
     stop_after,
 )
 from msmae_util.runtime import (
@@ -96,8 +96,9 @@ __all__ = ["SCRIPT", "SELECT_METRICS", "build_model", "check_args", "get_args_pa
 
 SCRIPT = "main_segment.py"  # recorded in the checkpoints: --resume checks who wrote one
 SELECT_METRICS = ("dice_dataset", "iou_dataset", "dice_per_image", "iou_per_image")
-# This recipe's files beyond msmae_util.runs.OWN_OUTPUTS; --overwrite removes them too.
-EXTRA_OUTPUTS = ("best.pth", "overlays_final.png", "overlays_best.png", "splits.json")
+# What this recipe writes: msmae_util.runs.OWN_OUTPUTS and its own files; --overwrite
+# removes these and nothing else.
+OUTPUTS = re.compile(f"{OWN_OUTPUTS.pattern}|overlays_(final|best)\\.png|splits\\.json")
 # Options beyond msmae_util.runs.FREE_ON_RESUME that --resume may change: no number
 # computed depends on them.
 FREE_HERE = ("num_overlays", "export_images")
@@ -321,23 +322,11 @@ def _segment(args: argparse.Namespace, ctx: DistributedContext) -> dict[str, Any
     amp_dtype, scaler = amp_settings(args.amp, device)
     if args.export_images:
         return _export(args, ctx, build_segmentation_data(args))
-    output_dir = prepare_output_dir(
-        args.output_dir, resume=bool(args.resume), overwrite=args.overwrite, is_main=ctx.is_main
+    output_dir, checkpoint, changed, finished = start_run(
+        args, ctx, script=SCRIPT, outputs=OUTPUTS, free=FREE_HERE
     )
-    if args.overwrite and ctx.is_main:
-        for name in EXTRA_OUTPUTS:
-            (output_dir / name).unlink(missing_ok=True)
-    checkpoint, changed = None, set()
-    if args.resume:
-        checkpoint = load_checkpoint(args.resume, expect=SCRIPT)
-        saved = checkpoint["args"]
-        free = {name: saved[name] for name in FREE_HERE if name in saved}
-        compared = argparse.Namespace(**{**vars(args), **free})
-        changed = check_resume_args(
-            checkpoint, compared, world_size=ctx.world_size, path=args.resume
-        )
-        if (finished := finished_summary(checkpoint, args, output_dir)) is not None:
-            return finished
+    if finished is not None:
+        return finished
     pretrained = None
     if args.finetune and checkpoint is None:  # a resumed run loads every weight
         pretrained = load_checkpoint(args.finetune, expect="main_pretrain.py", option="--finetune")

@@ -13,13 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from timm.data import IMAGENET_DEFAULT_MEAN as MEAN
+from timm.data import IMAGENET_DEFAULT_STD as STD
 
 from maskkit import MaskWeightBank, SAMMasker
 from maskkit.demo import SyntheticLesions
 from maskkit.files import atomic_write
 from maskkit.viz import save_mask_grid
-
-from .data import MEAN, STD
 
 
 def save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any]) -> None:

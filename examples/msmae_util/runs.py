@@ -10,13 +10,14 @@ import re
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from maskkit._checks import check_int, check_ratio
 from maskkit.files import remove_stale_temporaries
 from maskkit.functional import split_counts
 
-from .runtime import print0
+from .outputs import load_checkpoint
+from .runtime import DistributedContext, print0
 
 # What a run writes into --output_dir: --overwrite removes these and nothing else.
 OWN_OUTPUTS = re.compile(
@@ -215,3 +216,40 @@ def run_main(main: Callable[[argparse.Namespace], Any], args: argparse.Namespace
             f"No space left on device while writing to {out}: free some space there (or "
             f"choose another --output_dir), then {then}; the files written before are whole"
         )
+
+
+class RunStart(NamedTuple):
+    """What :func:`start_run` found: the output folder, the checkpoint to resume (or None),
+    the options the resume may change, and the saved summary of a finished run (or None)."""
+
+    output_dir: Path
+    checkpoint: dict[str, Any] | None
+    changed: set[str]
+    finished: dict[str, Any] | None
+
+
+def start_run(
+    args: argparse.Namespace,
+    ctx: DistributedContext,
+    *,
+    script: str,
+    outputs: re.Pattern[str] = OWN_OUTPUTS,
+    free: tuple[str, ...] = (),
+) -> RunStart:
+    """The start every recipe shares, before anything is built: check and prepare
+    ``--output_dir``; with ``--resume``, load the checkpoint (written by ``script``), refuse
+    changed options (beyond :data:`FREE_ON_RESUME` and ``free``) and find a finished run."""
+    output_dir = prepare_output_dir(
+        args.output_dir,
+        resume=bool(args.resume),
+        overwrite=args.overwrite,
+        is_main=ctx.is_main,
+        outputs=outputs,
+    )
+    if not args.resume:
+        return RunStart(output_dir, None, set(), None)
+    checkpoint = load_checkpoint(args.resume, expect=script)
+    saved = checkpoint["args"]
+    compared = argparse.Namespace(**{**vars(args), **{k: saved[k] for k in free if k in saved}})
+    changed = check_resume_args(checkpoint, compared, world_size=ctx.world_size, path=args.resume)
+    return RunStart(output_dir, checkpoint, changed, finished_summary(checkpoint, args, output_dir))

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import math
 import os
+import sys
 from typing import Any, NamedTuple
 
 import torch
@@ -121,3 +123,27 @@ def cosine_scheduler(
         warmup_prefix=True,
         t_in_epochs=False,
     )
+
+
+def optimizer_step(
+    loss: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    model: torch.nn.Module,
+    clip_grad: float | None,
+    *,
+    where: str,
+) -> float:
+    """MAE's step: stop on a non-finite loss (exit status 1), else scaled backward, optional
+    gradient clipping and the optimizer step. Returns the loss as a float."""
+    value = loss.item()
+    if not math.isfinite(value):
+        sys.exit(f"loss is {value} at {where}; stopping training")
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if clip_grad is not None:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+    scaler.step(optimizer)
+    scaler.update()
+    return value
