@@ -48,7 +48,7 @@ from models_msmae import VisibleTokenClassifier, create_vit
 from msmae_util.data import add_data_arguments
 from msmae_util.outputs import write_json
 from msmae_util.runs import run_main
-from msmae_util.runtime import init_distributed
+from msmae_util.runtime import UsageError, init_distributed
 from PIL import Image, ImageDraw, ImageFont
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -230,7 +230,7 @@ def run(recipe: Any, argv: list[str], out: Path) -> dict[str, Any]:
         if not str(err).startswith("cannot resume from"):
             raise
         changes = "; ".join(x.strip() for x in str(err).splitlines() if x.startswith("  "))
-        raise ValueError(
+        raise UsageError(
             f"{out} holds a run of this grid with other settings ({changes}): give the grid "
             "another --output_dir, or run it with its first settings"
         ) from None

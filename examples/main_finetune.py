@@ -88,7 +88,15 @@ from msmae_util.outputs import (
 from msmae_util.runs import (
     SCHEDULE_OPTIONS,
     add_run_arguments,
+    area,
+    as_usage_error,
+    check_data_args,
+    check_file,
     check_split,
+    natural,
+    nonnegative,
+    positive,
+    positive_int,
     ratio,
     run_main,
     start_run,
@@ -96,12 +104,14 @@ from msmae_util.runs import (
 )
 from msmae_util.runtime import (
     DistributedContext,
+    UsageError,
     all_gather_objects,
     amp_settings,
     barrier,
     cosine_scheduler,
     init_distributed,
     print0,
+    resolve_schedule,
 )
 from timm.optim import create_optimizer_v2, param_groups_layer_decay, param_groups_weight_decay
 from timm.utils import ModelEmaV3
@@ -136,10 +146,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--batch_size",
         default=256,
-        type=int,
+        type=positive_int,
         help="images per process and iteration; the effective batch is batch_size * processes",
     )
-    parser.add_argument("--epochs", default=100, type=int)
+    parser.add_argument("--epochs", default=100, type=positive_int)
 
     model = parser.add_argument_group("model")
     model.add_argument(
@@ -147,8 +157,10 @@ def get_args_parser() -> argparse.ArgumentParser:
         default="vit_base_patch16_224",
         help="timm ViT, the pre-training encoder's (vit_micro_patch8_64: a tiny CPU config)",
     )
-    model.add_argument("--input_size", default=224, type=int, help="image side in pixels")
-    model.add_argument("--drop_path", default=0.1, type=float, help="stochastic depth rate")
+    model.add_argument("--input_size", default=224, type=positive_int, help="image side in pixels")
+    model.add_argument(
+        "--drop_path", default=0.1, type=ratio, help="stochastic depth rate, in [0, 1)"
+    )
     model.add_argument(
         "--finetune",
         default="",
@@ -187,26 +199,39 @@ def get_args_parser() -> argparse.ArgumentParser:
         "refresh, with the cls token kept supervised by a second head",
     )
     masking.add_argument(
-        "--refresh_every", default=20, type=int, help="epochs between refreshes (refresh*)"
+        "--refresh_every",
+        default=20,
+        type=positive_int,
+        help="epochs between refreshes (refresh*)",
     )
     masking.add_argument(
         "--cls_head_weight",
         default=0.1,
-        type=float,
+        type=nonnegative,
         help="refresh_cls: weight of the cls head's cross-entropy (pre-training's λ)",
     )
 
     optim = parser.add_argument_group("optimizer (AdamW, betas (0.9, 0.999), as MAE)")
-    optim.add_argument("--weight_decay", default=0.05, type=float)
-    optim.add_argument("--lr", default=None, type=float, help="absolute lr (overrides --blr)")
+    optim.add_argument("--weight_decay", default=0.05, type=nonnegative)
+    optim.add_argument("--lr", default=None, type=positive, help="absolute lr (overrides --blr)")
     optim.add_argument(
-        "--blr", default=1e-3, type=float, help="base lr: lr = blr * effective batch / 256"
+        "--blr", default=1e-3, type=positive, help="base lr: lr = blr * effective batch / 256"
     )
-    optim.add_argument("--min_lr", default=1e-6, type=float, help="floor of the cosine")
-    optim.add_argument("--warmup_epochs", default=5, type=int, help="epochs of lr warm-up")
-    optim.add_argument("--clip_grad", default=None, type=float, help="max gradient norm")
-    optim.add_argument("--layer_decay", default=0.75, type=float, help="layer-wise lr decay")
-    optim.add_argument("--smoothing", default=0.1, type=float, help="label smoothing")
+    optim.add_argument("--min_lr", default=1e-6, type=nonnegative, help="floor of the cosine")
+    optim.add_argument(
+        "--warmup_epochs", default=5, type=natural, help="epochs of lr warm-up (<= --epochs)"
+    )
+    optim.add_argument(
+        "--clip_grad", default=None, type=positive, help="max gradient norm (unset: no clipping)"
+    )
+    optim.add_argument(
+        "--layer_decay",
+        default=0.75,
+        type=area,
+        help="layer-wise lr decay, in (0, 1] (1: none): each block down trains at this "
+        "factor of the lr of the block above",
+    )
+    optim.add_argument("--smoothing", default=0.1, type=ratio, help="label smoothing, in [0, 1)")
 
     add_data_arguments(parser)
 
@@ -222,28 +247,32 @@ def get_args_parser() -> argparse.ArgumentParser:
         choices=["auto", "bf16", "fp16", "none"],
         help="autocast on CUDA (auto: bf16 where supported, else fp16); CPU runs in float32",
     )
-    runtime.add_argument("--seed", default=0, type=int)
+    runtime.add_argument("--seed", default=0, type=natural)
     runtime.add_argument("--no_progress", action="store_true", help="hide the progress bars")
     add_run_arguments(runtime)
     return parser
 
 
 def check_args(args: argparse.Namespace) -> None:
-    """Reject impossible settings before anything is built (the ratios' ranges are checked
-    by the parser already)."""
-    num_patches = math.prod(vit_grid(args.model, args.input_size))
+    """Reject impossible settings before anything is built (each option's range is checked
+    by the parser already, the lr schedule by ``resolve_schedule``)."""
+    check_data_args(args)
+    if not args.resume:  # a resumed run reads no --finetune
+        check_file("--finetune", args.finetune)
+    with as_usage_error():
+        num_patches = math.prod(vit_grid(args.model, args.input_size))
     if args.masker != "none":  # masked and thrown tokens are both dropped: none need be masked
         mask, throw = ("--mask_ratio", args.mask_ratio), ("--throw_ratio", args.throw_ratio)
         check_split(num_patches, mask, throw, need_masked=False)
     # (A resumed run has its maps in the checkpoint.)
     needs_init = args.masker == "sam" and args.map_source == "pretrained" and not args.resume
     if needs_init and not args.finetune:
-        raise ValueError(
+        raise UsageError(
             "--map_source pretrained takes SAM's maps from the pre-trained encoder, but "
             "no --finetune checkpoint is given; from scratch use --map_source refresh"
         )
     if args.model_ema and not 0 < args.model_ema_decay < 1:
-        raise ValueError(f"--model_ema_decay must lie in (0, 1), got {args.model_ema_decay}")
+        raise UsageError(f"--model_ema_decay must lie in (0, 1), got {args.model_ema_decay}")
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
@@ -275,19 +304,20 @@ def stability(history: list[float]) -> dict[str, Any] | None:
 def _finetune(args: argparse.Namespace, ctx: DistributedContext) -> dict[str, Any]:
     started = time.time()
     device = ctx.device
-    if args.lr is None:  # MAE's linear scaling rule
-        args.lr = args.blr * args.batch_size * ctx.world_size / 256
+    resolve_schedule(args, ctx.world_size)
     amp_dtype, scaler = amp_settings(args.amp, device)
     output_dir, checkpoint, changed, finished = start_run(args, ctx, script=SCRIPT)
     if finished is not None:
         return finished
     pretrained, source = None, "scratch"
     if args.finetune and checkpoint is None:  # a resumed run loads every weight
-        pretrained, source = read_init_weights(args.finetune, option="--finetune")
+        with as_usage_error():  # the file is no checkpoint, or one of another recipe
+            pretrained, source = read_init_weights(args.finetune, option="--finetune")
     print0(f"MSMAE fine-tuning: {ctx.world_size} process(es) on {device}, lr {args.lr:.3g}")
     torch.manual_seed(args.seed + ctx.rank)
 
-    splits = build_datasets(args)
+    with as_usage_error():  # the data's own errors name the files and options at fault
+        splits = build_datasets(args)
     num_classes = len(splits.classes)
     vit = create_vit(
         args.model,
@@ -297,7 +327,8 @@ def _finetune(args: argparse.Namespace, ctx: DistributedContext) -> dict[str, An
         drop_path_rate=args.drop_path,
     )
     if pretrained is not None:
-        load_init_encoder(vit, pretrained, f"--finetune {args.finetune} ({source})")
+        with as_usage_error():  # its encoder does not fit --model and --input_size
+            load_init_encoder(vit, pretrained, f"--finetune {args.finetune} ({source})")
         print0(f"loaded the encoder of {args.finetune} ({source} format); the head is new")
     map_source = args.map_source if args.masker == "sam" else None
     cls_weight = args.cls_head_weight if map_source == "refresh_cls" else 0.0

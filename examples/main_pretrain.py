@@ -68,7 +68,14 @@ from msmae_util.outputs import (
 from msmae_util.runs import (
     SCHEDULE_OPTIONS,
     add_run_arguments,
+    as_usage_error,
+    check_data_args,
+    check_file,
     check_split,
+    natural,
+    nonnegative,
+    positive,
+    positive_int,
     ratio,
     run_main,
     start_run,
@@ -76,11 +83,13 @@ from msmae_util.runs import (
 )
 from msmae_util.runtime import (
     DistributedContext,
+    UsageError,
     all_gather_objects,
     amp_settings,
     cosine_scheduler,
     init_distributed,
     print0,
+    resolve_schedule,
 )
 from timm.optim import create_optimizer_v2
 from torch.nn.parallel import DistributedDataParallel
@@ -122,10 +131,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--batch_size",
         default=64,
-        type=int,
+        type=positive_int,
         help="images per process and iteration; the effective batch is batch_size * processes",
     )
-    parser.add_argument("--epochs", default=300, type=int)
+    parser.add_argument("--epochs", default=300, type=positive_int)
 
     model = parser.add_argument_group("model")
     model.add_argument(
@@ -133,17 +142,22 @@ def get_args_parser() -> argparse.ArgumentParser:
         default="vit_base_patch16_224",
         help="timm ViT for the encoder (vit_micro_patch8_64: a tiny CPU config)",
     )
-    model.add_argument("--input_size", default=224, type=int, help="image side in pixels")
-    model.add_argument("--decoder_embed_dim", default=512, type=int)
-    model.add_argument("--decoder_depth", default=8, type=int)
-    model.add_argument("--decoder_num_heads", default=16, type=int)
+    model.add_argument("--input_size", default=224, type=positive_int, help="image side in pixels")
+    model.add_argument(
+        "--decoder_embed_dim",
+        default=512,
+        type=positive_int,
+        help="decoder width: a multiple of 4 and of --decoder_num_heads",
+    )
+    model.add_argument("--decoder_depth", default=8, type=natural)
+    model.add_argument("--decoder_num_heads", default=16, type=positive_int)
     model.add_argument(
         "--norm_pix_loss", action="store_true", help="reconstruct per-patch normalised pixels"
     )
     model.add_argument(
         "--cls_loss_weight",
         default=None,
-        type=float,
+        type=nonnegative,
         help="λ of loss = MSE + λ CE (MSMAE eq. 3); default: the masker's arm, 0.1 for sam "
         "(MSMAE), 0 for amt (AMT) and random (MAE); λ = 0 freezes the head",
     )
@@ -162,28 +176,44 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="sam: MSMAE, maps from this supervised encoder; amt: AMT, maps from an MAE "
         "trained with λ = 0; random: MAE, 75%% random masking throughout",
     )
-    masking.add_argument("--mask_ratio", default=0.45, type=ratio, help="masked share (sam, amt)")
-    masking.add_argument("--throw_ratio", default=0.30, type=ratio, help="thrown share (sam, amt)")
+    masking.add_argument(
+        "--mask_ratio",
+        default=0.45,
+        type=ratio,
+        help="masked share (sam, amt; with random: of the val lesion hit-rate report)",
+    )
+    masking.add_argument(
+        "--throw_ratio",
+        default=0.30,
+        type=ratio,
+        help="thrown share (sam, amt; with random: of the val lesion hit-rate report)",
+    )
     masking.add_argument(
         "--random_mask_ratio", default=0.75, type=ratio, help="masked share of random masking"
     )
     masking.add_argument(
         "--mask_warmup_epochs",
         default=40,
-        type=int,
+        type=natural,
         help="epochs of random masking before the first map refresh",
     )
-    masking.add_argument("--refresh_every", default=40, type=int, help="epochs between refreshes")
+    masking.add_argument(
+        "--refresh_every", default=40, type=positive_int, help="epochs between refreshes"
+    )
 
     optim = parser.add_argument_group("optimizer (AdamW, betas (0.9, 0.95), as MAE)")
-    optim.add_argument("--weight_decay", default=0.05, type=float)
-    optim.add_argument("--lr", default=None, type=float, help="absolute lr (overrides --blr)")
+    optim.add_argument("--weight_decay", default=0.05, type=nonnegative)
+    optim.add_argument("--lr", default=None, type=positive, help="absolute lr (overrides --blr)")
     optim.add_argument(
-        "--blr", default=1e-3, type=float, help="base lr: lr = blr * effective batch / 256"
+        "--blr", default=1e-3, type=positive, help="base lr: lr = blr * effective batch / 256"
     )
-    optim.add_argument("--min_lr", default=0.0, type=float, help="floor of the cosine")
-    optim.add_argument("--warmup_epochs", default=40, type=int, help="epochs of lr warm-up")
-    optim.add_argument("--clip_grad", default=None, type=float, help="max gradient norm")
+    optim.add_argument("--min_lr", default=0.0, type=nonnegative, help="floor of the cosine")
+    optim.add_argument(
+        "--warmup_epochs", default=40, type=natural, help="epochs of lr warm-up (<= --epochs)"
+    )
+    optim.add_argument(
+        "--clip_grad", default=None, type=positive, help="max gradient norm (unset: no clipping)"
+    )
 
     add_data_arguments(parser)
 
@@ -199,7 +229,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         choices=["auto", "bf16", "fp16", "none"],
         help="autocast on CUDA (auto: bf16 where supported, else fp16); CPU runs in float32",
     )
-    runtime.add_argument("--seed", default=0, type=int)
+    runtime.add_argument("--seed", default=0, type=natural)
     runtime.add_argument("--no_progress", action="store_true", help="hide the progress bars")
     add_run_arguments(runtime)
     return parser
@@ -220,21 +250,31 @@ def arm_name(masker: str, cls_loss_weight: float) -> str:
 
 
 def check_args(args: argparse.Namespace) -> None:
-    """Reject impossible settings before anything is built (the ratios' ranges are checked
-    by the parser already)."""
+    """Reject impossible settings before anything is built (each option's range is checked
+    by the parser already, the lr schedule by ``resolve_schedule``)."""
     resolve_arm(args)
-    num_patches = math.prod(vit_grid(args.model, args.input_size))
+    check_data_args(args)
+    if not args.resume:  # a resumed run reads no --init
+        check_file("--init", args.init)
+    with as_usage_error():
+        num_patches = math.prod(vit_grid(args.model, args.input_size))
     check_split(num_patches, ("--random_mask_ratio", args.random_mask_ratio))
-    if args.masker != "random":
-        mask, throw = ("--mask_ratio", args.mask_ratio), ("--throw_ratio", args.throw_ratio)
-        check_split(num_patches, mask, throw)
+    # The SAM split also draws the val lesion hit-rate report of --masker random.
+    mask, throw = ("--mask_ratio", args.mask_ratio), ("--throw_ratio", args.throw_ratio)
+    check_split(num_patches, mask, throw, need_masked=args.masker != "random")
+    if args.decoder_depth and args.decoder_embed_dim % args.decoder_num_heads:
+        raise UsageError(
+            f"--decoder_embed_dim {args.decoder_embed_dim} is not a multiple of "
+            f"--decoder_num_heads {args.decoder_num_heads}: each head takes an equal share "
+            "of the width"
+        )
     if args.masker == "amt" and args.cls_loss_weight:
-        raise ValueError(
+        raise UsageError(
             "--masker amt takes its maps from a self-supervised MAE, so --cls_loss_weight "
             "must be 0; a supervised head (λ > 0) is --masker sam"
         )
     if args.masker != "random" and args.mask_warmup_epochs >= args.epochs:
-        raise ValueError(
+        raise UsageError(
             f"--masker {args.masker} would never mask by maps: its first refresh comes after "
             f"--mask_warmup_epochs {args.mask_warmup_epochs}, but the run has --epochs "
             f"{args.epochs}; lower --mask_warmup_epochs or use --masker random"
@@ -256,8 +296,7 @@ def _pretrain(args: argparse.Namespace, ctx: DistributedContext) -> dict[str, An
     started = time.time()
     device = ctx.device
     resolve_arm(args)
-    if args.lr is None:  # MAE's linear scaling rule
-        args.lr = args.blr * args.batch_size * ctx.world_size / 256
+    resolve_schedule(args, ctx.world_size)
     amp_dtype, scaler = amp_settings(args.amp, device)
     output_dir, checkpoint, changed, finished = start_run(args, ctx, script=SCRIPT)
     if finished is not None:
@@ -270,11 +309,13 @@ def _pretrain(args: argparse.Namespace, ctx: DistributedContext) -> dict[str, An
     # Seeds differ per rank so that ranks draw different masks; DDP syncs the weights.
     torch.manual_seed(args.seed + ctx.rank)
 
-    splits = build_datasets(args, test=False)  # pre-training reads no test image
+    with as_usage_error():  # the data's own errors name the files and options at fault
+        splits = build_datasets(args, test=False)  # pre-training reads no test image
     model = build_model(args, len(splits.classes))
     source = "scratch"
     if args.init and checkpoint is None:  # a resumed run loads every weight
-        source = load_init(model, args.init)
+        with as_usage_error():  # the file is no checkpoint, or does not fit
+            source = load_init(model, args.init)
     model = model.to(device)
     bank = MaskWeightBank(len(splits.train), grid=model.grid)
     crop = PairedRandomResizedCrop(args.input_size, scale=(args.crop_min_scale, 1.0))

@@ -71,17 +71,28 @@ from msmae_util.runs import (
     OWN_OUTPUTS,
     SCHEDULE_OPTIONS,
     add_run_arguments,
+    as_usage_error,
+    check_data_source,
+    check_file,
+    natural,
+    nonnegative,
+    number,
+    positive,
+    positive_int,
+    ratio,
     run_main,
     start_run,
     stop_after,
 )
 from msmae_util.runtime import (
     DistributedContext,
+    UsageError,
     all_gather_objects,
     amp_settings,
     cosine_scheduler,
     init_distributed,
     print0,
+    resolve_schedule,
 )
 from segment_data import (
     PairedAugment,
@@ -102,6 +113,14 @@ OUTPUTS = re.compile(f"{OWN_OUTPUTS.pattern}|overlays_(final|best)\\.png|splits\
 # Options beyond msmae_util.runs.FREE_ON_RESUME that --resume may change: no number
 # computed depends on them.
 FREE_HERE = ("num_overlays", "export_images")
+# Data options (default None) that one --data source reads, and which.
+DATA_READERS = {
+    "data_path": ("folder",),
+    "csv_train": ("csv",),
+    "csv_val": ("csv",),
+    "csv_test": ("csv",),
+    "num_mask_classes": ("csv",),
+}
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -110,10 +129,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--batch_size",
         default=8,
-        type=int,
+        type=positive_int,
         help="images per process and iteration (MSMAE: 8); the lr is not scaled with it",
     )
-    parser.add_argument("--epochs", default=200, type=int)
+    parser.add_argument("--epochs", default=200, type=positive_int)
 
     model = parser.add_argument_group("model")
     model.add_argument(
@@ -121,12 +140,16 @@ def get_args_parser() -> argparse.ArgumentParser:
         default="vit_base_patch16_224",
         help="timm ViT encoder, the pre-training encoder's (vit_micro_patch8_64: tiny CPU one)",
     )
-    model.add_argument("--input_size", default=224, type=int, help="image side in pixels")
+    model.add_argument("--input_size", default=224, type=positive_int, help="image side in pixels")
     model.add_argument(
         "--head", default="pup", choices=HEADS, help="SETR decoder: naive or pup (progressive)"
     )
-    model.add_argument("--decoder_channels", default=256, type=int, help="SETR decoder width")
-    model.add_argument("--drop_path", default=0.0, type=float, help="stochastic depth rate")
+    model.add_argument(
+        "--decoder_channels", default=256, type=positive_int, help="SETR decoder width"
+    )
+    model.add_argument(
+        "--drop_path", default=0.0, type=ratio, help="stochastic depth rate, in [0, 1)"
+    )
     model.add_argument(
         "--finetune",
         default="",
@@ -138,7 +161,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     loss.add_argument(
         "--bce_weight",
         default=0.5,
-        type=float,
+        type=nonnegative,
         help="λ of loss = dice + λ bce (MSMAE eq. 9: 0.5); multi-class: dice + λ ce",
     )
     loss.add_argument(
@@ -151,11 +174,15 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
 
     optim = parser.add_argument_group("optimizer (Adam, betas (0.9, 0.999), MSMAE Tab. 6)")
-    optim.add_argument("--lr", default=1e-4, type=float, help="learning rate (MSMAE: 1e-4)")
-    optim.add_argument("--weight_decay", default=1e-4, type=float, help="MSMAE: 1e-4")
-    optim.add_argument("--min_lr", default=0.0, type=float, help="floor of the cosine")
-    optim.add_argument("--warmup_epochs", default=0, type=int, help="epochs of lr warm-up")
-    optim.add_argument("--clip_grad", default=None, type=float, help="max gradient norm")
+    optim.add_argument("--lr", default=1e-4, type=positive, help="learning rate (MSMAE: 1e-4)")
+    optim.add_argument("--weight_decay", default=1e-4, type=nonnegative, help="MSMAE: 1e-4")
+    optim.add_argument("--min_lr", default=0.0, type=nonnegative, help="floor of the cosine")
+    optim.add_argument(
+        "--warmup_epochs", default=0, type=natural, help="epochs of lr warm-up (<= --epochs)"
+    )
+    optim.add_argument(
+        "--clip_grad", default=None, type=positive, help="max gradient norm (unset: no clipping)"
+    )
 
     data = parser.add_argument_group("data")
     data.add_argument(
@@ -178,8 +205,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     data.add_argument(
         "--num_mask_classes",
         default=None,
-        type=int,
-        help="--data csv --mask_mode multiclass: K, the mask values being 0 (background) to K-1",
+        type=number(int, 2),
+        help="--data csv --mask_mode multiclass: K >= 2, the mask values being 0 "
+        "(background) to K-1",
     )
     data.add_argument(
         "--val_fraction",
@@ -193,7 +221,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         type=float,
         help="share of each class carved from the training pairs when no test split is given",
     )
-    data.add_argument("--split_seed", default=0, type=int, help="seed of the carved splits")
+    data.add_argument("--split_seed", default=0, type=natural, help="seed of the carved splits")
     data.add_argument(
         "--skip_corrupt",
         action="store_true",
@@ -206,9 +234,13 @@ def get_args_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="decode (or render) every pair once, up front, and keep it in memory",
     )
-    data.add_argument("--num_train", default=546, type=int, help="synthetic training images")
-    data.add_argument("--num_val", default=117, type=int, help="synthetic validation images")
-    data.add_argument("--num_test", default=117, type=int, help="synthetic test images")
+    data.add_argument(
+        "--num_train", default=546, type=positive_int, help="synthetic training images"
+    )
+    data.add_argument(
+        "--num_val", default=117, type=positive_int, help="synthetic validation images"
+    )
+    data.add_argument("--num_test", default=117, type=positive_int, help="synthetic test images")
     data.add_argument("--num_classes", default=3, type=int, help="synthetic classes (2-7)")
     data.add_argument("--lesion_size", default=0.15, type=float, help="synthetic lesion radius")
     data.add_argument(
@@ -227,7 +259,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     data.add_argument(
         "--hflip", default=0.0, type=float, help="horizontal flip probability (MSMAE: none)"
     )
-    data.add_argument("--num_workers", default=4, type=int)
+    data.add_argument("--num_workers", default=4, type=natural)
     data.add_argument(
         "--export_images",
         default="",
@@ -246,7 +278,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="validation metric that selects best.pth (highest; the earliest epoch on ties)",
     )
     runtime.add_argument(
-        "--num_overlays", default=8, type=int, help="test images in the overlay figures"
+        "--num_overlays", default=8, type=natural, help="test images in the overlay figures"
     )
     runtime.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     runtime.add_argument(
@@ -255,7 +287,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         choices=["auto", "bf16", "fp16", "none"],
         help="autocast on CUDA (auto: bf16 where supported, else fp16); CPU runs in float32",
     )
-    runtime.add_argument("--seed", default=0, type=int)
+    runtime.add_argument("--seed", default=0, type=natural)
     runtime.add_argument("--no_progress", action="store_true", help="hide the progress bars")
     add_run_arguments(runtime)
     return parser
@@ -278,25 +310,30 @@ def build_model(args: argparse.Namespace, num_classes: int) -> SETR:
 
 
 def check_args(args: argparse.Namespace) -> None:
-    """Reject impossible settings before anything is built."""
-    vit_grid(args.model, args.input_size)  # a timm ViT whose patches tile the input
+    """Reject impossible settings before anything is built (most options' ranges are
+    checked by the parser already, the lr schedule by ``resolve_schedule``)."""
+    check_data_source(args, DATA_READERS)
+    if args.num_mask_classes is not None and args.mask_mode != "multiclass":
+        raise UsageError(
+            "--num_mask_classes is only read with --mask_mode multiclass (binary masks have "
+            "one channel); add --mask_mode multiclass, or leave out --num_mask_classes"
+        )
+    if not args.resume:  # a resumed run reads no --finetune
+        check_file("--finetune", args.finetune)
+    with as_usage_error():
+        vit_grid(args.model, args.input_size)  # a timm ViT whose patches tile the input
     bounds = {
         "--val_fraction": (args.val_fraction, 0 <= args.val_fraction < 1),
         "--test_fraction": (args.test_fraction, 0 <= args.test_fraction < 1),
         "--crop_min_scale": (args.crop_min_scale, 0 < args.crop_min_scale <= 1),
         "--hflip": (args.hflip, 0 <= args.hflip <= 1),
         "--rotation": (args.rotation, 0 <= args.rotation <= 180),
-        "--bce_weight": (args.bce_weight, args.bce_weight >= 0),
-        "--num_overlays": (args.num_overlays, args.num_overlays >= 0),
-        "--epochs": (args.epochs, args.epochs >= 1),
-        "--batch_size": (args.batch_size, args.batch_size >= 1),
     }
     bad = [f"{name} {value}" for name, (value, fine) in bounds.items() if not fine]
     if bad:
-        raise ValueError(
+        raise UsageError(
             f"out of range: {', '.join(bad)} (fractions in [0, 1), --crop_min_scale in "
-            "(0, 1], --hflip in [0, 1], --rotation in [0, 180] degrees, --epochs and "
-            "--batch_size >= 1, the rest >= 0)"
+            "(0, 1], --hflip in [0, 1], --rotation in [0, 180] degrees)"
         )
 
 
@@ -321,7 +358,10 @@ def _segment(args: argparse.Namespace, ctx: DistributedContext) -> dict[str, Any
     device = ctx.device
     amp_dtype, scaler = amp_settings(args.amp, device)
     if args.export_images:
-        return _export(args, ctx, build_segmentation_data(args))
+        with as_usage_error():
+            splits = build_segmentation_data(args)
+        return _export(args, ctx, splits)
+    resolve_schedule(args, ctx.world_size)
     output_dir, checkpoint, changed, finished = start_run(
         args, ctx, script=SCRIPT, outputs=OUTPUTS, free=FREE_HERE
     )
@@ -329,11 +369,15 @@ def _segment(args: argparse.Namespace, ctx: DistributedContext) -> dict[str, Any
         return finished
     pretrained = None
     if args.finetune and checkpoint is None:  # a resumed run loads every weight
-        pretrained = load_checkpoint(args.finetune, expect="main_pretrain.py", option="--finetune")
+        with as_usage_error():  # the file is no checkpoint, or one of another recipe
+            pretrained = load_checkpoint(
+                args.finetune, expect="main_pretrain.py", option="--finetune"
+            )
     print0(f"SETR segmentation: {ctx.world_size} process(es) on {device}, lr {args.lr:.3g}")
     torch.manual_seed(args.seed + ctx.rank)
 
-    splits = build_segmentation_data(args)
+    with as_usage_error():  # the data's own errors name the files and options at fault
+        splits = build_segmentation_data(args)
     classes = splits.classes
     model = build_model(args, len(classes))
     if pretrained is not None:

@@ -9,7 +9,8 @@ and, for images with several lesions, ``<name>_mask_1.png``, ``<name>_mask_2.png
 Items are ``(image, mask)``: a (3, H, W) tensor (uint8 from files, float in [0, 1] when
 synthetic) and an (H, W) int64 mask of class indices, 0 the background. Binary masks
 (``--mask_mode binary``) hold 0 and 1; multi-class masks hold 1 + the image's class for a
-folder (or the lesion kind, synthetic) or, from a CSV, the mask's own pixel values.
+folder (or the lesion kind, synthetic) or, from a CSV, the mask's own pixel values. A mask
+file's lesion pixels are those at half its value range or above (:func:`load_mask`).
 :class:`SegmentationViews` makes the training views (random rotation, optional crop and
 flip, drawn per ``(seed, epoch, index)`` and applied to image and mask together) and the
 evaluation views (the whole image resized), normalised as in MAE.
@@ -18,7 +19,6 @@ evaluation views (the whole image resized), normalised as in MAE.
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import re
 import warnings
@@ -31,7 +31,14 @@ import numpy as np
 import torch
 import torchvision.transforms.functional as TF
 from msmae_util.data import MEAN, STD
-from msmae_util.images import UnreadableImageError, load_rgb
+from msmae_util.images import (
+    BadFileError,
+    UnreadableImageError,
+    load_rgb,
+    read_csv_table,
+    refuse_repeated_rows,
+    refuse_shared_files,
+)
 from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
@@ -65,8 +72,10 @@ NEAREST = InterpolationMode.NEAREST_EXACT
 _MASK_MODES = ("L", "P", "1", "I", "I;16", "I;16B", "I;16L", "I;16N")
 
 
-class BadPairError(ValueError):
+class BadPairError(BadFileError):
     """An image and its mask(s) that do not fit together (sizes, class values)."""
+
+    advice = "fix or remove the pair, or pass --skip_corrupt to skip broken pairs"
 
 
 class PairFiles(NamedTuple):
@@ -166,25 +175,18 @@ def read_csv_pairs(
         names each row with an empty cell or a file that does not exist.
 
     Raises:
-        ValueError: the file does not exist, lacks a column or lists nothing.
+        ValueError: the file does not exist, is not UTF-8, lacks a column, lists nothing,
+            or lists an image on two rows.
     """
     csv_path = Path(csv_path)
-    if not csv_path.is_file():
-        raise ValueError(f"CSV file {csv_path} does not exist")
-    with open(csv_path, newline="", encoding="utf-8-sig") as handle:  # a BOM is fine
-        reader = csv.DictReader(handle)
-        absent = [c for c in (image_column, mask_column) if c not in (reader.fieldnames or [])]
-        if absent:
-            raise ValueError(
-                f"{csv_path} has no column(s) {absent}; its columns are {reader.fieldnames} "
-                "(set --image_column / --mask_column)"
-            )
-        rows = [((r[image_column] or "").strip(), (r[mask_column] or "").strip()) for r in reader]
-    if not rows:
-        raise ValueError(f"{csv_path} lists no images")
-    pairs, problems = [], []
-    for line, (image, mask_cell) in enumerate(rows, start=2):
-        masks = [m.strip() for m in mask_cell.split(";") if m.strip()]
+    table = read_csv_table(
+        csv_path, (image_column, mask_column), hint=" (set --image_column / --mask_column)"
+    )
+    listed: list[tuple[int, str, tuple[str, ...]]] = []
+    problems = []
+    for line, row in table:
+        image, cell = ((row[c] or "").strip() for c in (image_column, mask_column))
+        masks = [m.strip() for m in cell.split(";") if m.strip()]
         if not image or not masks:
             problems.append(f"{csv_path} line {line}: empty {image_column!r} or {mask_column!r}")
             continue
@@ -195,7 +197,9 @@ def read_csv_pairs(
         if missing:
             problems.append(f"{csv_path} line {line}: no such file(s) {missing}")
             continue
-        pairs.append((paths[0], tuple(paths[1:])))
+        listed.append((line, paths[0], tuple(paths[1:])))
+    refuse_repeated_rows(csv_path, listed, "masks")
+    pairs = [(image, masks) for _, image, masks in listed]
     return pairs, problems
 
 
@@ -203,16 +207,24 @@ def read_csv_pairs(
 
 
 def load_mask(path: str, *, raw: bool) -> np.ndarray:
-    """Decode a mask file to an (H, W) int64 array.
+    """Decode a mask file: class indices (``raw``) or where the lesion is.
 
     Args:
         path: the mask file.
-        raw: keep the pixel values (class indices; single-channel masks only). Otherwise
-            colour masks are converted to grey first (BUSI's masks are black and white).
+        raw: return the pixel values, as an (H, W) int64 array of class indices
+            (single-channel masks only). Otherwise return an (H, W) bool array, True on the
+            lesion: colour masks are converted to grey first (BUSI's masks are black and
+            white), and a pixel is lesion at half the mask's value range or above: 128 and
+            above for 8-bit values (0 to 255), ``2**(b - 1)`` and above for a mask whose
+            largest value has ``b > 8`` bits (as :func:`msmae_util.images.load_rgb` scales
+            images), 1 for a mask of 0s and 1s. So a lossy (JPEG) mask's compression noise
+            is not lesion, and BUSI's 0/255 masks read exactly as "nonzero is lesion".
 
     Raises:
         UnreadableImageError: the file is missing or cannot be decoded.
-        BadPairError: a colour mask where class indices are expected.
+        BadPairError: a colour mask where class indices are expected, or a binary mask
+            whose values all stay between 1 and 127 but are not just 0 and 1 (class
+            indices, or a lesion too faint to tell from noise).
     """
     try:
         with Image.open(path) as image:
@@ -224,12 +236,23 @@ def load_mask(path: str, *, raw: bool) -> np.ndarray:
                         "(L or P PNGs whose pixel values are the classes)"
                     )
                 image = image.convert("L")
-            return np.asarray(image).astype(np.int64)
+            mask = np.asarray(image).astype(np.int64)
     except (OSError, SyntaxError, Image.DecompressionBombError) as err:
-        raise UnreadableImageError(
-            f"cannot read mask {path}: {err}; fix or remove the file, or pass --skip_corrupt "
-            "to skip unreadable pairs"
-        ) from err
+        raise UnreadableImageError(f"cannot read mask {path}: {err}") from err
+    if raw:
+        return mask
+    peak = int(mask.max(initial=0))
+    if peak <= 1:
+        return mask > 0
+    half = 1 << (max(8, peak.bit_length()) - 1)
+    if peak < half:
+        raise BadPairError(
+            f"mask {path} holds values {np.unique(mask).tolist()[:8]}, none at or above 128: "
+            "a binary mask's lesion is 255 (or 1, in a mask of 0s and 1s)",
+            "save the lesion as 255, or, for class-index masks, use --data csv --mask_mode "
+            "multiclass",
+        )
+    return mask >= half
 
 
 def _size_problem(pair: PairFiles) -> str | None:
@@ -254,9 +277,9 @@ def _size_problem(pair: PairFiles) -> str | None:
 class MaskPairs(Dataset):
     """``(image (3, H, W) uint8, mask (H, W) int64)`` read from :class:`PairFiles`.
 
-    Several masks of one image are merged: a pixel is foreground if it is in any of them
-    (nonzero), and gets the pair's ``value``; raw masks (``value`` None) keep their pixel
-    values, the largest where masks overlap.
+    Several masks of one image are merged: a pixel is foreground if it is lesion in any of
+    them (:func:`load_mask`), and gets the pair's ``value``; raw masks (``value`` None) keep
+    their pixel values, the largest where masks overlap.
 
     Args:
         pairs: the files.
@@ -265,7 +288,8 @@ class MaskPairs(Dataset):
 
     Raises (on access):
         UnreadableImageError: a file cannot be decoded (named).
-        BadPairError: image and mask sizes differ, or a raw value is out of range (named).
+        BadPairError: image and mask sizes differ, a raw value is no class index, or a
+            binary mask's values are ambiguous (named).
     """
 
     def __init__(self, pairs: list[PairFiles], *, num_classes: int) -> None:
@@ -283,19 +307,21 @@ class MaskPairs(Dataset):
             if mask.shape != merged.shape:
                 raise BadPairError(
                     f"image {pair.image} is {merged.shape[1]}x{merged.shape[0]} but its mask "
-                    f"{path} is {mask.shape[1]}x{mask.shape[0]}; fix the pair or pass "
-                    "--skip_corrupt"
+                    f"{path} is {mask.shape[1]}x{mask.shape[0]}"
                 )
             if pair.value is None:
-                if mask.min() < 0 or mask.max() >= self.num_classes:
+                stray = sorted(set(np.unique(mask).tolist()) - set(range(self.num_classes)))
+                if stray:
                     raise BadPairError(
-                        f"mask {path} holds values {sorted(np.unique(mask).tolist())[:8]} but "
+                        f"mask {path} holds values {stray[:8]} that are no class index: "
                         f"--num_mask_classes is {self.num_classes} (values 0 to "
-                        f"{self.num_classes - 1})"
+                        f"{self.num_classes - 1})",
+                        "fix the mask, set --num_mask_classes, or pass --skip_corrupt to skip "
+                        "broken pairs",
                     )
                 np.maximum(merged, mask, out=merged)
             else:
-                merged[mask > 0] = pair.value
+                merged[mask] = pair.value
         return image, torch.from_numpy(merged)
 
 
@@ -565,8 +591,8 @@ def _check(
             return problem
         try:
             return dataset[index]
-        except (UnreadableImageError, BadPairError) as err:
-            return f"{pairs[index].image}: {err}"
+        except BadFileError as err:  # the reason only: --skip_corrupt is on
+            return f"{pairs[index].image}: {err.reason}"
 
     with ThreadPoolExecutor(max(args.num_workers, 1)) as pool:
         results = list(pool.map(check, range(len(pairs))))
@@ -595,8 +621,9 @@ def build_segmentation_data(args: argparse.Namespace) -> SegmentationSplits:
     ``--split_seed``). Synthetic images are rendered at ``--input_size``.
 
     Raises:
-        ValueError: bad options, broken pairs (all named, unless ``--skip_corrupt``), or
-            an empty split.
+        ValueError: bad options (a fraction of 0 for a split carved: the recipe needs
+            all three), broken pairs (all named, unless ``--skip_corrupt``), an image in
+            two splits, or an empty split.
     """
     multiclass = args.mask_mode == "multiclass"
     if args.data == "synthetic":
@@ -624,13 +651,27 @@ def build_segmentation_data(args: argparse.Namespace) -> SegmentationSplits:
     }
     if sum(fractions.values()) >= 1:
         raise ValueError(f"--val_fraction + --test_fraction must stay below 1, got {fractions}")
+    for name, fraction in fractions.items():
+        if fraction == 0:
+            raise ValueError(
+                f"--{name}_fraction 0 carves no {name} split, and the recipe needs one (val "
+                "selects the checkpoint, test is what it reports): give a fraction above 0, "
+                f"or the split itself (a {name}/ folder beside train/ under --data_path, or "
+                f"--csv_{name})"
+            )
     listed["train"], carved = carve(listed["train"], fractions, args.split_seed)
     listed.update(carved)
+    refuse_shared_files({name: [pair.image for pair in split] for name, split in listed.items()})
     splits: dict[str, Any] = {}
     pairs: dict[str, list[PairFiles]] = {}
     for name in SPLITS:
         splits[name], pairs[name], skipped[name] = _check(listed[name], len(classes), args)
         _fail_or_skip(skipped[name], args)
+        if not pairs[name] and skipped[name]:
+            raise ValueError(
+                f"--skip_corrupt skipped all {len(skipped[name])} pairs of the {name} split, "
+                f"e.g. {skipped[name][:2]}: none is left; fix or replace the files"
+            )
         if not pairs[name]:
             raise ValueError(
                 f"the {name} split is empty; add pairs, or raise --{name}_fraction"

@@ -17,7 +17,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from ._checks import check_pair
+from ._checks import check_pair, holds
 from .functional import validate_weights
 
 __all__ = ["CropParams", "align_weights"]
@@ -87,9 +87,13 @@ def align_weights(
         device of ``weights``.
 
     Raises:
-        ValueError: a shape does not match, a size is not positive, a box leaves the image,
-            or the weights hold NaN, Inf or negative values. On CUDA the value checks are
-            asynchronous device asserts (no host sync).
+        TypeError: ``weights`` is not a tensor, ``out_grid`` or ``image_size`` is missing,
+            ``hflip`` (or a :class:`CropParams` field) is not a bool, number or tensor, or
+            ``image_size``/``hflip`` are passed with a :class:`CropParams`.
+        ValueError: a shape does not match (also between the fields of a
+            :class:`CropParams`), a size is not positive, a box leaves the image, ``hflip``
+            is not a bool (tensor), or the weights hold NaN, Inf or negative values. On
+            CUDA the value checks are asynchronous device asserts (no host sync).
     """
     if not isinstance(weights, Tensor):
         raise TypeError(f"weights must be a torch.Tensor, got {type(weights).__name__}")
@@ -104,7 +108,7 @@ def align_weights(
             raise TypeError(
                 "crop_box is a CropParams, which carries image_size and hflip: do not pass them"
             )
-        crop_box, image_size, hflip = _from_crop_params(crop_box, weights.device)
+        crop_box, image_size, hflip = _from_crop_params(crop_box, weights)
     if image_size is None:
         raise TypeError("align_weights needs image_size, the (H, W) the box was cut from")
     batched = weights.dim() == 3
@@ -120,10 +124,13 @@ def align_weights(
     boxes = _as_rows("crop_box", crop_box, batch, 4, batched, dtype, device)
     sizes = _as_rows("image_size", image_size, batch, 2, batched, dtype, device)
     _check_boxes(boxes, sizes)
-    flips = torch.as_tensor(hflip, device=device)
+    expected = f"a bool or a ({batch},) bool tensor" if batched else "a bool"
+    try:
+        flips = torch.as_tensor(hflip, device=device)
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(f"hflip must be {expected}, got {type(hflip).__name__} {hflip!r}") from None
     expected_flips = ((), (batch,)) if batched else ((),)
     if flips.dtype != torch.bool or flips.shape not in expected_flips:
-        expected = f"a bool or a ({batch},) bool tensor" if batched else "a bool"
         raise ValueError(
             f"hflip must be {expected} for weights of shape {tuple(weights.shape)}, got "
             f"{flips.dtype} of shape {tuple(flips.shape)}"
@@ -137,17 +144,52 @@ def align_weights(
     return aligned if batched else aligned.squeeze(0)
 
 
-def _from_crop_params(
-    crops: CropParams, device: torch.device
-) -> tuple[Tensor, Tensor, Tensor | bool]:
-    """``(boxes, image_sizes, flips)`` from one crop or a collated batch of crops."""
-    fields = [torch.as_tensor(value, device=device) for value in crops]
-    top, left, height, width, hflip, image_height, image_width = fields
+def _from_crop_params(crops: CropParams, weights: Tensor) -> tuple[Tensor, Tensor, Tensor | bool]:
+    """``(boxes, image_sizes, flips)`` from one crop or a collated batch of crops.
+
+    Raises:
+        TypeError: a field is not a number or a tensor.
+        ValueError: the fields differ in shape, a batch of crops does not match the
+            weights' batch, or ``hflip`` holds values other than bools or 0/1 ints.
+    """
+    fields = {}
+    for name, value in zip(CropParams._fields, crops, strict=True):
+        try:
+            fields[name] = torch.as_tensor(value, device=weights.device)
+        except (TypeError, ValueError, RuntimeError):
+            raise TypeError(
+                f"CropParams.{name} must be a number or a tensor, got "
+                f"{type(value).__name__} {value!r}"
+            ) from None
+    shape = tuple(fields["top"].shape)
+    if len(shape) > 1 or any(tuple(field.shape) != shape for field in fields.values()):
+        listed = ", ".join(f"{name} {tuple(field.shape)}" for name, field in fields.items())
+        raise ValueError(
+            "CropParams fields must all be scalars (one crop) or all (B,) tensors (a batch "
+            f"collated by default_collate), got shapes: {listed}"
+        )
+    if shape and (weights.dim() != 3 or weights.shape[0] != shape[0]):
+        raise ValueError(
+            f"a CropParams of {shape[0]} crops needs ({shape[0]}, h0, w0) weights, got "
+            f"weights of shape {tuple(weights.shape)}"
+        )
+    top, left, height, width, hflip, image_height, image_width = fields.values()
     if hflip.dtype != torch.bool:
+        if hflip.is_floating_point() or hflip.is_complex():
+            raise ValueError(f"CropParams.hflip must hold bools (or 0/1 ints), got {hflip.dtype}")
+        _check_flags(hflip)
         hflip = hflip.bool()
     boxes = torch.stack([top, left, height, width], dim=-1)
     sizes = torch.stack([image_height, image_width], dim=-1)
     return boxes, sizes, hflip if hflip.dim() else bool(hflip)
+
+
+def _check_flags(flags: Tensor) -> None:
+    """Integer flip flags must be 0 or 1: ``ValueError`` on CPU, a device assert on CUDA."""
+    if not holds(((flags == 0) | (flags == 1)).all(), "CropParams.hflip must be bools or 0/1"):
+        raise ValueError(
+            f"CropParams.hflip must hold bools or 0/1 ints, got values {flags.unique().tolist()}"
+        )
 
 
 def _overlap(
@@ -196,12 +238,7 @@ def _check_boxes(boxes: Tensor, sizes: Tensor) -> None:
     bad_box = ~((height > 0) & (width > 0) & torch.isfinite(boxes).all(-1))
     outside = (top < 0) | (left < 0) | (top + height > sizes[:, 0]) | (left + width > sizes[:, 1])
     bad = bad_size | bad_box | outside
-    if boxes.is_cuda or torch.compiler.is_compiling():
-        torch._assert_async(
-            ~bad.any(), "maskkit: align_weights got a crop box outside its image or a bad size"
-        )
-        return
-    if bool(bad.any()):
+    if not holds(~bad.any(), "align_weights got a crop box outside its image or a bad size"):
         i = int(bad.nonzero()[0, 0])
         box = [round(v, 4) for v in boxes[i].tolist()]
         size = [round(v, 4) for v in sizes[i].tolist()]

@@ -114,7 +114,10 @@ class AttentionExtractor:
     For timm's standard ``Attention`` the map is computed in float32 from the block's
     input (also under autocast). Other attention modules (EVA, BEiT, ...) are read in
     their own unfused computation. The model is left as found: train/eval mode of
-    every module, every ``fused_attn`` flag, no hooks.
+    every module, every ``fused_attn`` flag, no hooks. The maps are read, not checked:
+    NaN pixels (or a diverged model) give NaN maps, which the maskers,
+    :func:`~maskkit.align_weights` and :meth:`~maskkit.MaskWeightBank.refresh` refuse,
+    naming the images or the model as the likely cause.
 
     MAE models are read unmasked, in patch order: facebookresearch/mae's
     ``MaskedAutoencoderViT`` (cls token, (1, 1 + L, D) ``pos_embed``, no

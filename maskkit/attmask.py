@@ -61,8 +61,17 @@ def attmask_priorities(
     Returns:
         ``(priorities, guided)``: (B, L) float32 priorities (higher = masked first) and
         (B,) bool, True where the sample follows its attention.
+
+    Raises:
+        ValueError: an unknown mode, attention that is not (B, L), or hint counts outside
+            ``0 <= num_hints <= hint_pool <= L``.
     """
     check_choice("mode", mode, _MODES)
+    if attention.dim() != 2:
+        raise ValueError(
+            f"attention must be (B, L) scores, one row per sample, got shape "
+            f"{tuple(attention.shape)}; flatten a (B, gh, gw) map with attention.flatten(1)"
+        )
     batch_size, num_patches = attention.shape
     if mode == "hints" and not 0 <= num_hints <= hint_pool <= num_patches:
         raise ValueError(

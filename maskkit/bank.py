@@ -67,7 +67,10 @@ class MaskWeightBank(nn.Module):
     (``numpy.memmap(path, offset=256, ...)`` reads it). An existing file with the same
     layout is reopened with its contents (checked: size and values), a missing one is
     created filled with ones. Writes are in place. When several ranks of one node share a
-    path, create the bank on one rank first and barrier before the others open it.
+    path, create the bank on one rank first and barrier before the others open it. Indexing,
+    ``update``, ``refresh``, ``state_dict``, ``load_state_dict``, copying and pickling check
+    the file's size first (a file truncated while mapped would kill the process with
+    SIGBUS); reading ``bank.weights`` directly skips that check.
 
     Args:
         num_samples: N, the dataset length; maps are indexed by dataset index in [0, N).
@@ -265,9 +268,29 @@ class MaskWeightBank(nn.Module):
     def _check_indices(
         self, indices: int | Tensor | Sequence[int], *, allow_scalar: bool = False
     ) -> Tensor:
+        """``indices`` as a CPU int64 tensor of dataset indices in [0, N).
+
+        Raises:
+            TypeError: not an int, a sequence of ints or an integer tensor (a bool, a
+                slice, a string, ...).
+            ValueError: another shape, or an index outside [0, N).
+        """
+        accepted = (
+            "an int, a sequence of ints or a (k,) integer tensor"
+            if allow_scalar
+            else "a sequence of ints or a (k,) integer tensor"
+        )
         if isinstance(indices, bool):
-            raise TypeError("indices must be ints or an integer tensor, got a bool")
-        index = torch.as_tensor(indices)
+            raise TypeError(f"indices must be {accepted}, got a bool")
+        try:
+            index = torch.as_tensor(indices)
+        except (TypeError, ValueError, RuntimeError):
+            # A slice is refused rather than converted: its bounds would be clamped to
+            # [0, N) silently, where a dataset index out of range is an error.
+            raise TypeError(
+                f"indices must be {accepted}, got {type(indices).__name__} {indices!r}; "
+                "for a range of samples pass torch.arange(start, stop)"
+            ) from None
         if index.numel() == 0 and not isinstance(indices, Tensor):
             index = index.to(torch.int64)  # `[]` would otherwise be a float tensor
         if index.dtype == torch.bool or index.is_floating_point() or index.is_complex():
@@ -292,6 +315,8 @@ class MaskWeightBank(nn.Module):
             raise TypeError(f"maps must be a torch.Tensor, got {type(maps).__name__}")
         if not maps.is_floating_point():
             raise TypeError(f"maps must have a floating dtype, got {maps.dtype}")
+        if maps.is_meta:
+            raise ValueError("maps on the meta device hold no values to store; pass real maps")
         expected = (count, *self.grid)
         if tuple(maps.shape) != expected:
             raise ValueError(
@@ -361,6 +386,17 @@ class MaskWeightBank(nn.Module):
                 "truncated or overwritten; restore it or start a new bank at another path"
             )
 
+    def _save_to_state_dict(
+        self, destination: dict[str, Any], prefix: str, keep_vars: bool
+    ) -> None:
+        self._check_file()
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # copy.deepcopy and pickle read every mapped page.
+        self._check_file()
+        return super().__getstate__()
+
     def _file_header(self) -> bytes:
         """What the file's first bytes must be: a magic line, then the shape and dtype."""
         layout = {
@@ -380,6 +416,7 @@ class MaskWeightBank(nn.Module):
         unexpected_keys: list[str],
         error_msgs: list[str],
     ) -> None:
+        self._check_file()
         key = prefix + "weights"
         if key in state_dict:
             incoming = state_dict[key]
@@ -391,7 +428,11 @@ class MaskWeightBank(nn.Module):
                     f"(num_samples={self.num_samples}, grid={self.grid}); build the bank "
                     "with the num_samples and grid of the checkpoint"
                 )
-            state_dict = {**state_dict, key: self._check_maps(incoming, self.num_samples)}
+            try:
+                checked = self._check_maps(incoming, self.num_samples)
+            except (TypeError, ValueError) as err:
+                raise type(err)(f"state_dict['{key}']: {err}") from None
+            state_dict = {**state_dict, key: checked}
         # Copy in place, never assign: a file-backed bank must keep writing to its file.
         local_metadata = {**local_metadata, "assign_to_params_buffers": False}
         super()._load_from_state_dict(

@@ -146,21 +146,38 @@ def sample_blocks(
         min_num_patches: smallest target area.
         max_num_patches: largest target area.
         min_aspect: smallest height/width ratio.
-        max_aspect: largest ratio; ``None`` means ``1 / min_aspect``.
+        max_aspect: largest ratio; ``None`` means ``1 / min_aspect`` (needs
+            ``min_aspect <= 1``).
         device: where to draw.
         generator: optional RNG on ``device``.
 
     Returns:
         :class:`Blocks` of (B, N) tensors.
+
+    Raises:
+        TypeError: a count, area or ratio of the wrong type.
+        ValueError: a count below 1, a bad grid, an area or ratio that is not finite and
+            positive, or a range whose largest value is below its smallest.
     """
+    batch_size = check_int("batch_size", batch_size, minimum=1)
+    grid = check_pair("grid", grid)
+    num_blocks = check_int("num_blocks", num_blocks, minimum=1)
+    min_area = _check_area("min_num_patches", min_num_patches)
+    max_area = _check_area("max_num_patches", max_num_patches)
+    if max_area < min_area:
+        raise ValueError(
+            f"max_num_patches={max_num_patches} is below min_num_patches={min_num_patches}; "
+            "swap them"
+        )
+    min_aspect, max_aspect = _check_aspects(min_aspect, max_aspect)
     offset, sides, area, aspect, valid = _draw_blocks(
         batch_size,
         grid,
         num_blocks,
-        min_num_patches,
-        max_num_patches,
+        min_area,
+        max_area,
         min_aspect,
-        1.0 / min_aspect if max_aspect is None else max_aspect,
+        max_aspect,
         device,
         generator,
     )
@@ -303,7 +320,8 @@ class BlockMasker(Masker):
         max_num_patches: largest block area; ``None`` means the number of patches to cover
             per sample (BEiT's default, its ``num_masking_patches``).
         min_aspect: smallest height/width ratio (BEiT: 0.3).
-        max_aspect: largest ratio; ``None`` means ``1 / min_aspect``.
+        max_aspect: largest ratio; ``None`` means ``1 / min_aspect`` (needs
+            ``min_aspect <= 1``).
         num_blocks: candidate blocks per sample; more lowers the chance of a random top-up
             and costs O(B * num_blocks * L) work.
         grid: (gh, gw) patch grid; ``None`` takes a square grid from L at each call.
@@ -329,15 +347,7 @@ class BlockMasker(Masker):
         if max_num_patches is not None:
             check_int("max_num_patches", max_num_patches, minimum=min_num_patches)
         self.max_num_patches = max_num_patches
-        self.min_aspect = _check_aspect("min_aspect", min_aspect)
-        self.max_aspect = (
-            1.0 / self.min_aspect if max_aspect is None else _check_aspect("max_aspect", max_aspect)
-        )
-        if self.max_aspect < self.min_aspect:
-            raise ValueError(
-                f"max_aspect={max_aspect} is below min_aspect={min_aspect}; swap them or pass "
-                "max_aspect=None for 1 / min_aspect"
-            )
+        self.min_aspect, self.max_aspect = _check_aspects(min_aspect, max_aspect)
         self.num_blocks = check_int("num_blocks", num_blocks, minimum=1)
         if self.num_blocks > MAX_BLOCKS:
             raise ValueError(
@@ -408,6 +418,39 @@ def _check_aspect(name: str, value: object) -> float:
     return float(value)
 
 
+def _check_aspects(min_aspect: object, max_aspect: object) -> tuple[float, float]:
+    """``(min_aspect, max_aspect)`` as finite positive floats in order; a ``None`` maximum
+    is ``1 / min_aspect``."""
+    low = _check_aspect("min_aspect", min_aspect)
+    if max_aspect is None:
+        if low > 1.0:
+            raise ValueError(
+                f"min_aspect={min_aspect} is above 1, so the default max_aspect = 1 / "
+                f"min_aspect = {1.0 / low:.4g} is below it; pass min_aspect <= 1 (e.g. "
+                f"{1.0 / low:.4g} for the range [{1.0 / low:.4g}, {low:.4g}]) or an explicit "
+                f"max_aspect >= {low:.4g}"
+            )
+        return low, 1.0 / low
+    high = _check_aspect("max_aspect", max_aspect)
+    if high < low:
+        # None only helps when 1 / min_aspect lies above min_aspect.
+        alternative = " or pass max_aspect=None for 1 / min_aspect" if low < 1.0 else ""
+        raise ValueError(
+            f"max_aspect={max_aspect} is below min_aspect={min_aspect}; swap them{alternative}"
+        )
+    return low, high
+
+
+def _check_area(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(
+            f"{name} must be a positive number of patches, got {type(value).__name__} {value!r}"
+        )
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a finite area > 0 in patches, got {value!r}")
+    return float(value)
+
+
 # ---- SimMIM units ------------------------------------------------------------------------
 
 
@@ -436,7 +479,16 @@ def unit_priorities(
 
     Returns:
         (B, L) float32 priorities; higher = masked first.
+
+    Raises:
+        TypeError: ``batch_size`` or ``unit`` is not an int.
+        ValueError: ``batch_size`` or ``unit`` below 1, a bad grid, or a grid that one unit
+            covers whole (``unit >= max(gh, gw)``: no random order is left).
     """
+    check_int("batch_size", batch_size, minimum=1)
+    grid = check_pair("grid", grid)
+    unit = check_int("unit", unit, minimum=1)
+    _check_units(unit, grid)
     gh, gw = grid
     units_w = -(-gw // unit)
     order = _unit_order(batch_size, grid, unit, device, generator)
@@ -450,6 +502,22 @@ def unit_priorities(
     offset = (unit * unit - 1 - inside).float() * (0.5 / (unit * unit))
     per_patch = rank.gather(1, unit_of_patch.expand(batch_size, gh * gw))
     return per_patch.float() + offset
+
+
+def _check_units(unit: int, grid: tuple[int, int]) -> None:
+    """Reject a grid that a single unit covers.
+
+    Units are cut at the grid's edges, so a unit at least as large as both sides is the
+    whole grid: its one rank is no draw, and every sample would mask the same patches.
+    """
+    gh, gw = grid
+    if unit >= gh and unit >= gw:
+        side = max(gh, gw)
+        fix = f"pass unit <= {side - 1}" if side > 1 else "mask a grid of more than one patch"
+        raise ValueError(
+            f"unit={unit} covers the whole {gh} x {gw} grid as a single unit, so every draw "
+            f"would mask the same patches (units are cut at the grid's edges); {fix}"
+        )
 
 
 def _unit_order(
@@ -509,7 +577,8 @@ class UnitMasker(Masker):
 
     - *Any grid.* Units tile the grid from the top-left; when ``unit`` does not divide
       ``gh`` (``gw``), the last row (column) of units is cut to the patches left, and these
-      smaller units are drawn like the others.
+      smaller units are drawn like the others. A grid that one unit covers whole
+      (``unit >= max(gh, gw)``) leaves nothing to draw and is rejected.
     - *Exact count.* The per-sample counts are :func:`~maskkit.split_counts`'s, in patches:
       whole units are masked in random order while they fit; the unit that would overshoot
       is cut (its patches masked in raster order from its top-left). So every unit is fully
@@ -521,10 +590,12 @@ class UnitMasker(Masker):
         mask_ratio: share of patches masked (SimMIM: 0.6).
         unit: k, the unit's side in patches (SimMIM: 32 px / 16 px = 2).
         throw_ratio: share of patches thrown after the masked ones (default none).
-        grid: (gh, gw) patch grid; ``None`` takes a square grid from L at each call.
+        grid: (gh, gw) patch grid; ``None`` takes a square grid from L at each call. It
+            must hold more than one unit (``unit < max(gh, gw)``), else no draw is left.
 
     Raises:
-        TypeError, ValueError: an option of the wrong type or outside its range.
+        TypeError, ValueError: an option of the wrong type or outside its range, or a
+            ``grid`` that one unit covers whole.
     """
 
     def __init__(
@@ -538,6 +609,8 @@ class UnitMasker(Masker):
         self.mask_ratio, self.throw_ratio = check_ratios(mask_ratio, throw_ratio)
         self.unit = check_int("unit", unit, minimum=1)
         self.grid = _check_grid(grid)
+        if self.grid is not None:
+            _check_units(self.unit, self.grid)
 
     def __call__(
         self,
@@ -563,11 +636,14 @@ class UnitMasker(Masker):
             the same generator gives.
 
         Raises:
-            ValueError: weights were passed, or L does not match the grid.
+            ValueError: weights were passed, L does not match the grid, or the unit covers
+                the whole grid.
         """
         _refuse_weights("UnitMasker", "random units", weights)
         _check_call(batch_size, num_patches)
         grid = _resolve_grid(num_patches, self.grid)
+        if self.grid is None:
+            _check_units(self.unit, grid)
         ranks = _unit_ranks(batch_size, grid, self.unit, device, generator)
         return split_from_ranks(ranks, self.counts(num_patches))
 

@@ -9,8 +9,7 @@ number, :func:`lesion_hit_rate`. Not imported by ``import maskkit``; use
 
 from __future__ import annotations
 
-import operator
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -18,6 +17,7 @@ from einops import rearrange
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from ._checks import check_index, check_int, check_pair, check_real
 from .patches import patch_grid
 from .split import MASKED, THROWN, VISIBLE, MaskSplit, labels_of
 
@@ -62,13 +62,6 @@ class LesionSample(NamedTuple):
     target: int
     lesion_mask: Tensor
     background: Tensor
-
-
-def _check_index(index: Any, length: int) -> int:
-    position: int = operator.index(index)
-    if not -length <= position < length:
-        raise IndexError(f"index {position} is out of range for a dataset of {length} samples")
-    return position % length
 
 
 def _wave_field(
@@ -121,6 +114,7 @@ class SyntheticLesions(Dataset[tuple[Tensor, int]]):
         lesion_size: Outer lesion radius as a share of the shorter image side.
 
     Raises:
+        TypeError: a count or the seed is not an int, or ``lesion_size`` is not a number.
         ValueError: bad sizes or counts, or an image too small to hold a lesion.
     """
 
@@ -133,24 +127,19 @@ class SyntheticLesions(Dataset[tuple[Tensor, int]]):
         seed: int = 0,
         lesion_size: float = 0.1,
     ) -> None:
-        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-            raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
+        check_int("num_samples", num_samples, minimum=1)
         max_classes = len(_LESION_KINDS) + 1
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int):
-            raise ValueError(f"num_classes must be an int, got {num_classes!r}")
+        check_int("num_classes", num_classes)
         if not 2 <= num_classes <= max_classes:
             raise ValueError(
                 f"num_classes must lie in [2, {max_classes}] (normal + up to "
                 f"{len(_LESION_KINDS)} lesion kinds), got {num_classes}"
             )
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise ValueError(f"seed must be an int >= 0, got {seed!r}")
-        size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
-        if len(size) != 2 or not all(isinstance(side, int) and side >= 1 for side in size):
-            raise ValueError(
-                f"image_size must be an int or (H, W) of positive ints, got {image_size!r}"
-            )
-        height, width = size
+        check_int("seed", seed, minimum=0)
+        height, width = check_pair(
+            "image_size", (image_size, image_size) if isinstance(image_size, int) else image_size
+        )
+        check_real("lesion_size", lesion_size, form="a float in (0, 0.25]")
         if not 0.0 < lesion_size <= 0.25:
             raise ValueError(f"lesion_size must lie in (0, 0.25], got {lesion_size}")
         if 0.85 * lesion_size * min(height, width) < 1.5:
@@ -182,13 +171,14 @@ class SyntheticLesions(Dataset[tuple[Tensor, int]]):
         """(gh * gw,) bool: patches (row-major, timm's order) that overlap the lesion.
 
         Raises:
-            ValueError: the image size is not a multiple of ``patch_size``.
+            TypeError: ``patch_size`` is not an int.
+            ValueError: ``patch_size`` is below 1 or the image size is not a multiple of it.
         """
         return pixel_mask_to_patches(self.lesion_mask(index), patch_size)
 
     def render(self, index: int) -> LesionSample:
         """Render sample ``index``: image, target, lesion mask and lesion-free background."""
-        index = _check_index(index, self.num_samples)
+        index = check_index(index, self.num_samples)
         target = index % self.num_classes
         rng = np.random.default_rng(np.random.SeedSequence([self.seed, index]))
         tissue = self._tissue(rng)
@@ -272,9 +262,14 @@ def pixel_mask_to_patches(mask: Tensor, patch_size: int) -> Tensor:
     Returns:
         (..., L) bool in row-major patch order (timm's and :func:`maskkit.patchify`'s):
         True where at least one pixel of the patch is in the mask.
+
+    Raises:
+        TypeError: ``mask`` is not a bool tensor, or ``patch_size`` is not an int.
+        ValueError: ``patch_size`` is below 1 or does not divide H and W.
     """
     if mask.dtype != torch.bool:
         raise TypeError(f"mask must be a bool tensor, got {mask.dtype}; compare it, e.g. m > 0")
+    check_int("patch_size", patch_size, minimum=1)
     height, width = mask.shape[-2:]
     patch_grid((height, width), patch_size)
     pixels = rearrange(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._checks import check_int, check_ratio
+from ._checks import check_int, check_ratio, holds
 from .split import MASKED, THROWN, MaskSplit
 
 __all__ = [
@@ -29,9 +29,9 @@ __all__ = [
     "check_finite",
 ]
 
-# Zero-weight patches are pushed below every positive one. Positive float32 weights give
-# priorities log(w) + Gumbel in about [-108, 106] (Gumbel noise from float32 uniforms lies
-# in [-4.5, 16.7]), so any offset beyond that range keeps the two groups apart.
+# Zero-weight patches are pushed below every positive one. Positive float64 weights give
+# priorities log(w) + Gumbel in about [-750, 727] (float32: [-108, 106]; Gumbel noise from
+# float32 uniforms lies in [-4.5, 16.7]), so an offset of 1024 keeps the two groups apart.
 _ZERO_WEIGHT_OFFSET = 1024.0
 _TINY = torch.finfo(torch.float32).tiny
 
@@ -141,26 +141,15 @@ def flatten_weights(weights: Tensor, batch_size: int, num_patches: int) -> Tenso
     return weights.reshape(batch_size, num_patches)
 
 
-_FLOAT32_MAX = torch.finfo(torch.float32).max
-
-
 def validate_weights(weights: Tensor) -> None:
-    """Reject NaN, infinite, negative or float32-overflowing weights; no host sync on CUDA.
+    """Reject NaN, infinite or negative weights; no host sync on CUDA.
 
     On CPU this raises ``ValueError`` naming the first problem found. On CUDA (and while
     compiling) it queues one asynchronous device assert instead, which fails at the next
     synchronisation point.
     """
     finite = torch.isfinite(weights)
-    ok = finite.all() & (weights >= 0).all()
-    if weights.dtype == torch.float64:  # finite float16/bfloat16/float32 fit float32 anyway
-        ok &= (weights <= _FLOAT32_MAX).all()
-    if weights.is_cuda or torch.compiler.is_compiling():
-        torch._assert_async(
-            ok, "maskkit: weights must be finite, non-negative and within float32's range"
-        )
-        return
-    if bool(ok):
+    if holds(finite.all() & (weights >= 0).all(), "weights must be finite and non-negative"):
         return
     if bool(weights.isnan().any()):
         raise ValueError(
@@ -169,15 +158,9 @@ def validate_weights(weights: Tensor) -> None:
         )
     if not bool(finite.all()):
         raise ValueError("weights contain Inf; pass finite weights, e.g. normalised to [0, 1]")
-    if not bool((weights >= 0).all()):
-        raise ValueError(
-            f"weights must be non-negative, found {float(weights.min())}; masking weights "
-            "are unnormalised probabilities, e.g. attention maps or their min-max rescaling"
-        )
     raise ValueError(
-        f"weights up to {float(weights.abs().max()):.3g} exceed float32's range "
-        f"({_FLOAT32_MAX:.3g}), in which they are sampled; rescale them, e.g. divide by "
-        "their maximum"
+        f"weights must be non-negative, found {float(weights.min())}; masking weights "
+        "are unnormalised probabilities, e.g. attention maps or their min-max rescaling"
     )
 
 
@@ -194,12 +177,14 @@ def priority_keys(
     Plackett-Luce: each next patch is drawn with probability proportional to its weight
     among those not yet drawn. Sorting ``log w + Gumbel`` noise in descending order draws
     exactly that (the Gumbel-top-k trick, also behind ``torch.multinomial`` without
-    replacement), in float32 whatever the input dtype. Zero-weight patches get priorities
+    replacement), in float32 whatever the input dtype. float64 weights are logged before
+    the cast, so any positive finite float64 keeps its relative size (tiny or huge weights
+    neither underflow to 0 nor overflow to Inf). Zero-weight patches get priorities
     below every positive one, in uniform random order among themselves; ``None`` weights
     (MAE's uniform noise) or an all-zero row give a uniform permutation.
 
     Args:
-        weights: float32 (B, L) non-negative weights, or None for uniform sampling.
+        weights: (B, L) non-negative floating weights, or None for uniform sampling.
         batch_size: B.
         num_patches: L.
         device: device of the noise when ``weights`` is None.
@@ -217,7 +202,10 @@ def priority_keys(
         return noise
     # Gumbel noise -log(-log(U)); clamping U away from 0 keeps every priority finite.
     gumbel = noise.clamp_min_(_TINY).log_().neg_().log_().neg_()
-    return torch.where(weights > 0, weights.log() + gumbel, gumbel - _ZERO_WEIGHT_OFFSET)
+    if weights.dtype != torch.float64:
+        weights = weights.float()
+    log_weights = weights.log().float()
+    return torch.where(weights > 0, log_weights + gumbel, gumbel - _ZERO_WEIGHT_OFFSET)
 
 
 def split_from_priorities(priorities: Tensor, counts: SplitCounts) -> MaskSplit:
@@ -399,10 +387,7 @@ def check_device(name: str, values: Tensor, device: torch.device | str | None) -
 def check_finite(name: str, values: Tensor) -> None:
     """Reject NaN or infinite values: ``ValueError`` on CPU, an async device assert on CUDA
     and while compiling (no host sync)."""
-    ok = torch.isfinite(values).all()
-    if values.is_cuda or torch.compiler.is_compiling():
-        torch._assert_async(ok, f"maskkit: {name} must be finite")
-    elif not bool(ok):
+    if not holds(torch.isfinite(values).all(), f"{name} must be finite"):
         raise ValueError(
             f"{name} holds NaN or Inf; check the model that produced it (a diverged model or "
             "NaN inputs), or clean it with torch.nan_to_num"
@@ -447,7 +432,6 @@ def sample_split(
         flat_weights = flatten_weights(weights, batch_size, num_patches)
         if validate:
             validate_weights(flat_weights)
-        flat_weights = flat_weights.float()
     device = torch.device(device) if device is not None else None
     priorities = priority_keys(
         flat_weights, batch_size, num_patches, device=device, generator=generator

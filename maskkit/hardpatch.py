@@ -51,12 +51,28 @@ def hard_patch_priorities(
 
     Returns:
         (B, L) float32 priorities: the k hardest in [1, 2), the rest in [0, 1).
+
+    Raises:
+        TypeError: ``num_hard`` is not an int.
+        ValueError: losses that are not (B, L), or ``num_hard`` outside [0, L].
     """
+    if losses.dim() != 2:
+        raise ValueError(
+            f"losses must be (B, L) predicted losses, one row per sample, got shape "
+            f"{tuple(losses.shape)}; flatten a (B, gh, gw) map with losses.flatten(1)"
+        )
     batch_size, num_patches = losses.shape
+    check_int("num_hard", num_hard)
+    if not 0 <= num_hard <= num_patches:
+        raise ValueError(
+            f"num_hard must lie in [0, L] = [0, {num_patches}] (the losses have L="
+            f"{num_patches} patches per sample), got {num_hard}; take it from "
+            "hard_patch_count(num_masked, alpha)"
+        )
     noise = torch.rand(
         batch_size, num_patches, device=losses.device, dtype=torch.float32, generator=generator
     )
-    if num_hard <= 0:
+    if num_hard == 0:
         return noise
     hardest = torch.topk(_topk_keys(losses), num_hard, dim=1, sorted=False).indices
     return noise.scatter_add_(1, hardest, torch.ones_like(hardest, dtype=noise.dtype))

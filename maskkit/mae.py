@@ -28,9 +28,9 @@ from timm.layers.pos_embed_sincos import build_sincos2d_pos_embed
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import Tensor, nn
 
-from ._checks import check_choice, check_int
+from ._checks import check_choice, check_int, holds
 from .patches import patchify
-from .split import MaskSplit, gather_tokens
+from .split import MaskSplit, check_indices, gather_tokens
 from .vit import check_timm_vit, forward_features_visible
 
 __all__ = [
@@ -104,10 +104,15 @@ def decoder_tokens(
             f"pos_embed of shape {tuple(pos_embed.shape)} fits neither (1, L, D) nor "
             f"(1, P + L, D) with L = {num_patches} patches and P = {num_prefix_tokens}"
         )
-    if pos_embed.shape[-1] != width or mask_token.shape[-1] != width:
+    if mask_token.numel() != width:
         raise ValueError(
-            f"latent, mask_token and pos_embed must share the decoder width D: got "
-            f"{width}, {mask_token.shape[-1]} and {pos_embed.shape[-1]}"
+            f"mask_token of shape {tuple(mask_token.shape)} must hold one token of the decoder "
+            f"width {width}: (1, 1, {width}) or ({width},)"
+        )
+    if pos_embed.shape[-1] != width:
+        raise ValueError(
+            f"latent and pos_embed must share the decoder width D: got {width} and "
+            f"{pos_embed.shape[-1]}"
         )
     pos_embed = pos_embed.to(latent.dtype)
     prefix_pos, patch_pos = pos_embed[:, : pos_rows - num_patches], pos_embed[:, -num_patches:]
@@ -129,7 +134,19 @@ def patch_targets(images: Tensor, patch_size: int, *, norm_pix: bool = False) ->
 
     With ``norm_pix`` each patch is normalised by its own mean and variance (MAE's
     ``--norm_pix_loss``: ``(x - mean) / (var + 1e-6) ** 0.5``, unbiased variance).
+
+    Raises:
+        ValueError: ``images`` is not 4-D, ``patch_size`` is not a positive int dividing H
+            and W, or ``norm_pix`` with one value per patch (its variance is undefined).
     """
+    check_int("patch_size", patch_size, minimum=1)
+    if images.dim() != 4:
+        raise ValueError(f"images must be (B, C, H, W), got shape {tuple(images.shape)}")
+    if norm_pix and patch_size * patch_size * images.shape[1] < 2:
+        raise ValueError(
+            "norm_pix needs at least 2 values per patch to normalise by their variance; "
+            f"patch_size={patch_size} with {images.shape[1]} channel(s) gives 1"
+        )
     target = patchify(images, patch_size)
     if norm_pix:
         mean = target.mean(dim=-1, keepdim=True)
@@ -149,7 +166,12 @@ def reconstruction_loss(pred: Tensor, target: Tensor, mask: Tensor | None = None
             the masked patches only.
 
     Returns:
-        A scalar in ``pred``'s dtype.
+        A scalar in ``pred``'s dtype; 0 (with zero gradients) when no patch is in the loss
+        (``mask_ratio=0``, or N = 0), where MAE's own average would be 0 / 0 = NaN.
+
+    Raises:
+        ValueError: shapes that differ, or a mask with NaN, Inf or negative values (on
+            CUDA: a device assert).
     """
     if pred.shape != target.shape:
         raise ValueError(
@@ -157,10 +179,19 @@ def reconstruction_loss(pred: Tensor, target: Tensor, mask: Tensor | None = None
         )
     per_patch = (pred - target).pow(2).mean(dim=-1)
     if mask is None:
-        return per_patch.mean()
+        return per_patch.mean() if per_patch.numel() else per_patch.sum()
     if mask.shape != per_patch.shape:
         raise ValueError(f"mask {tuple(mask.shape)} must be (B, N) = {tuple(per_patch.shape)}")
-    return (per_patch * mask).sum() / mask.sum()
+    mask = mask.to(per_patch.dtype)
+    ok = torch.isfinite(mask).all() & (mask >= 0).all()
+    if not holds(ok, "the loss mask must be finite and non-negative"):
+        raise ValueError(
+            "mask must hold finite, non-negative weights (1 on the patches in the loss, e.g. "
+            "split.loss_mask()); it holds NaN, Inf or negative values"
+        )
+    total = mask.sum()
+    # A safe denominator rather than a masked result, so the gradient stays 0, not NaN.
+    return (per_patch * mask).sum() / torch.where(total > 0, total, torch.ones_like(total))
 
 
 def scatter_tokens(values: Tensor, patches: Tensor, num_patches: int, fill: float = 0.0) -> Tensor:
@@ -174,13 +205,19 @@ def scatter_tokens(values: Tensor, patches: Tensor, num_patches: int, fill: floa
 
     Returns:
         (B, L, C): MAE's ``pred`` layout, ready for ``unpatchify``.
+
+    Raises:
+        ValueError: shapes that differ, or ``patches`` repeated or outside [0, L) within a
+            sample (on CUDA: a device assert).
     """
     check_int("num_patches", num_patches, minimum=1)
+    check_indices("patches", patches, num_patches, distinct=True)
     if values.dim() != 3 or patches.shape != values.shape[:2]:
         raise ValueError(
             f"values (B, N, C) and patches (B, N) do not match: {tuple(values.shape)} and "
             f"{tuple(patches.shape)}"
         )
+    patches = patches.long()
     out = values.new_full((values.shape[0], num_patches, values.shape[2]), fill)
     return out.scatter(1, patches.unsqueeze(-1).expand_as(values), values)
 
@@ -231,8 +268,8 @@ class MaskedAutoencoder(nn.Module):
 
     Raises:
         TypeError: ``encoder`` is not a timm ``VisionTransformer``.
-        ValueError: no cls token, non-square patches, a decoder width that is not a
-            multiple of 4, or a negative ``cls_loss_weight``.
+        ValueError: no cls token or classifier head, non-square patches, a decoder width
+            that is not a multiple of 4, or a negative or infinite ``cls_loss_weight``.
     """
 
     decoder_pos_embed: Tensor
@@ -262,8 +299,14 @@ class MaskedAutoencoder(nn.Module):
         check_int("decoder_dim", decoder_dim, minimum=4)
         if decoder_dim % 4:
             raise ValueError(f"decoder_dim must be a multiple of 4 (sin-cos), got {decoder_dim}")
-        if not cls_loss_weight >= 0:
-            raise ValueError(f"cls_loss_weight must be >= 0, got {cls_loss_weight}")
+        if not 0 <= cls_loss_weight < float("inf"):
+            raise ValueError(f"cls_loss_weight must be finite and >= 0, got {cls_loss_weight}")
+        if encoder.num_classes < 1:
+            raise ValueError(
+                "the encoder needs a classifier head (num_classes >= 1): it is MSMAE's "
+                "supervised head, and with cls_loss_weight=0 it is monitored; create the "
+                "timm model with num_classes set to your number of classes"
+            )
         self.encoder = encoder
         self.patch_size: int = patch_h
         self.grid: tuple[int, int] = tuple(encoder.patch_embed.grid_size)
@@ -311,6 +354,25 @@ class MaskedAutoencoder(nn.Module):
         """Token and position parameters that AdamW should not decay (as MAE and timm)."""
         return {f"encoder.{name}" for name in self.encoder.no_weight_decay()} | {"mask_token"}
 
+    def _check_targets(self, targets: Tensor, batch_size: int) -> None:
+        num_classes = self.encoder.num_classes
+        if (
+            not isinstance(targets, Tensor)
+            or targets.shape != (batch_size,)
+            or targets.is_floating_point()
+            or targets.dtype == torch.bool
+        ):
+            described = tuple(targets.shape) if isinstance(targets, Tensor) else targets
+            raise ValueError(
+                f"targets must be ({batch_size},) integer class indices, got {described!r}"
+            )
+        ok = ((targets >= 0) & (targets < num_classes)).all()
+        if not holds(ok, "targets must lie in [0, num_classes)"):
+            raise ValueError(
+                f"targets must lie in [0, {num_classes}) for the encoder's {num_classes}-class "
+                f"head, found {targets.min().item()} to {targets.max().item()}"
+            )
+
     def forward_encoder(self, images: Tensor, split: MaskSplit) -> Tensor:
         """Encode the visible patches: (B, C, H, W) → (B, P + K, D) normalised tokens."""
         return forward_features_visible(self.encoder, images, split.visible)
@@ -353,14 +415,20 @@ class MaskedAutoencoder(nn.Module):
 
         Args:
             images: (B, C, H, W) normalised images.
-            targets: (B,) int64 class labels (ignored by the loss when λ = 0).
+            targets: (B,) int64 class labels in [0, num_classes); with λ = 0 they only feed
+                the monitored ``cls_loss``.
             split: a :class:`maskkit.MaskSplit` over the L patches of each image.
+
+        Raises:
+            ValueError: a split over another number of patches, or targets that are not
+                (B,) class indices in range (on CUDA the range is a device assert).
         """
         if split.num_patches != self.num_patches:
             raise ValueError(
                 f"the split covers {split.num_patches} patches but the model has "
                 f"{self.num_patches} ({self.grid[0]} x {self.grid[1]})"
             )
+        self._check_targets(targets, images.shape[0])
         latent = self.forward_encoder(images, split)
         pred = self.forward_decoder(latent, split)
         recon_loss = self.forward_loss(images, pred, split)

@@ -35,6 +35,12 @@ __all__ = [
 NoiseColor = Literal["white", "red", "blue", "green", "purple"]
 NOISE_COLORS: tuple[str, ...] = ("white", "red", "blue", "green", "purple")
 DEFAULT_BAND = (0.1, 0.25)
+# The noise is drawn on squares of side max(gh, gw) + ceil(0.5 / low), so memory grows as
+# 1 / low^2. At 0.01 cycles per patch the margin is 50 patches and the roll-off spans about
+# 100 patches, more than a ViT's patch grid (14 at 224 px, 64 at 1024 px with 16 px
+# patches): a lower cut-off costs memory without changing the pattern on the grid.
+# ColorMAE's bands (the default low of 0.1) lie ten times above it.
+MIN_CUTOFF = 0.01
 
 
 def _check_band(band: object) -> tuple[float, float]:
@@ -47,7 +53,16 @@ def _check_band(band: object) -> tuple[float, float]:
             f"band must be two frequencies 0 < low < high in cycles per patch (at most 0.5 "
             f"along an axis), e.g. {DEFAULT_BAND}; got {band!r}"
         )
-    return float(pair[0]), float(pair[1])
+    low, high = float(pair[0]), float(pair[1])
+    if low < MIN_CUTOFF:
+        raise ValueError(
+            f"band={band!r} has a low cut-off below {MIN_CUTOFF} cycles per patch: the "
+            "noise is drawn on a square of side up to max(gh, gw) + ceil(0.5 / low) = "
+            f"max(gh, gw) + {math.ceil(0.5 / low)} patches per sample, so memory grows as "
+            f"1 / low^2, and a roll-off at {MIN_CUTOFF} already spans about 100 patches; pass "
+            f"low in [{MIN_CUTOFF}, high)"
+        )
+    return low, high
 
 
 def noise_filter(
@@ -66,7 +81,11 @@ def noise_filter(
 
     Returns:
         The response, same shape as ``frequency``.
+
+    Raises:
+        ValueError: ``color`` is not one of :data:`NOISE_COLORS`.
     """
+    check_choice("color", color, NOISE_COLORS)
     low, high = band
     below_low = torch.exp(-0.5 * (frequency / low).square())
     below_high = torch.exp(-0.5 * (frequency / high).square())
@@ -102,15 +121,26 @@ def color_noise(
 
     Args:
         batch_size: B.
-        grid: (gh, gw) patch grid.
+        grid: (gh, gw) patch grid, at least 2 cells.
         color: one of :data:`NOISE_COLORS`.
-        band: ``(low, high)`` cut-offs in cycles per patch.
+        band: ``(low, high)`` cut-offs in cycles per patch, ``MIN_CUTOFF`` (0.01) <= low
+            < high.
         device: where to draw.
         generator: optional RNG on ``device``.
 
     Returns:
         (B, gh, gw) float32 noise, zero mean and unit variance per sample.
+
+    Raises:
+        TypeError, ValueError: a bad ``batch_size``, ``grid``, ``color`` or ``band``, or a
+            grid of a single cell.
     """
+    gh, gw = check_pair("grid", grid)
+    if gh * gw < 2:
+        raise ValueError(
+            f"grid={grid} has a single cell, and one value has no variance to standardise "
+            "to 1 (it would be NaN); pass a grid of at least 2 cells"
+        )
     field = _filtered_noise(batch_size, grid, color, band, device, generator)
     flat = field.reshape(batch_size, -1)
     std, mean = torch.std_mean(flat, dim=1, keepdim=True)
@@ -184,12 +214,17 @@ def noise_pattern_weights(
         grid: (gh, gw) patch grid.
         color: one of :data:`NOISE_COLORS`.
         sharpness: s in [0, 80]; 0 gives uniform weights.
-        band: ``(low, high)`` cut-offs in cycles per patch.
+        band: ``(low, high)`` cut-offs in cycles per patch, ``MIN_CUTOFF`` (0.01) <= low
+            < high.
         device: where to draw.
         generator: optional RNG on ``device``.
 
     Returns:
         (B, gh, gw) float32 weights in ``[exp(-sharpness), 1]``.
+
+    Raises:
+        TypeError, ValueError: a bad ``batch_size``, ``grid``, ``color``, ``sharpness`` or
+            ``band``.
     """
     if isinstance(sharpness, bool) or not isinstance(sharpness, (int, float)):
         raise TypeError(f"sharpness must be a float, got {type(sharpness).__name__}")
@@ -216,7 +251,9 @@ class NoisePatternMasker(Masker):
     Args:
         mask_ratio: share of patches masked (ColorMAE: 0.75).
         color: one of :data:`NOISE_COLORS`.
-        band: ``(low, high)`` cut-offs in cycles per patch; None is ``(0.1, 0.25)``.
+        band: ``(low, high)`` cut-offs in cycles per patch; None is ``(0.1, 0.25)``. The
+            low cut-off must be at least ``MIN_CUTOFF`` (0.01): the noise field per sample
+            is a square of side ``max(gh, gw) + ceil(0.5 / low)``.
         throw_ratio: share of patches thrown (default none).
         grid: (gh, gw) patch grid; ``None`` takes a square grid from L at each call.
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from einops import rearrange
 from torch import Tensor
 
+from ._checks import check_int
+
 __all__ = ["patch_grid", "patchify", "unpatchify"]
 
 
@@ -12,8 +14,10 @@ def patch_grid(image_size: tuple[int, int], patch_size: int) -> tuple[int, int]:
     """Grid ``(gh, gw)`` of an image ``(H, W)`` cut into ``patch_size`` squares.
 
     Raises:
-        ValueError: a side is not a multiple of ``patch_size``.
+        TypeError: ``patch_size`` is not an int.
+        ValueError: ``patch_size`` is below 1, or a side is not a multiple of it.
     """
+    check_int("patch_size", patch_size, minimum=1)
     height, width = image_size
     if height % patch_size or width % patch_size:
         raise ValueError(

@@ -7,9 +7,46 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-__all__ = ["MaskSplit", "gather_tokens", "labels_of"]
+from ._checks import holds
+
+__all__ = ["MaskSplit", "check_indices", "gather_tokens", "labels_of"]
 
 VISIBLE, MASKED, THROWN = 0, 1, -1
+
+
+def check_indices(name: str, indices: Tensor, num_patches: int, *, distinct: bool = False) -> None:
+    """Patch indices must be integers in [0, L) (and, if ``distinct``, differ per row).
+
+    Out-of-range indices would otherwise read a neighbouring sample's token from a
+    flattened batch, and repeated ones encode or scatter a patch twice. On CPU this raises
+    ``ValueError``; on CUDA (and while compiling) it queues an asynchronous device assert
+    instead, so no host sync is added.
+
+    Raises:
+        TypeError: ``indices`` is not an integer tensor (e.g. a bool mask).
+    """
+    if not isinstance(indices, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(indices).__name__}")
+    if indices.dtype == torch.bool or indices.is_floating_point() or indices.is_complex():
+        raise TypeError(
+            f"{name} must hold integer patch indices, got dtype {indices.dtype}; from a "
+            "MaskSplit pass split.visible (or .masked), not the bool masks of split.is_visible()"
+        )
+    if indices.numel() == 0:
+        return
+    low, high = indices.aminmax()
+    ok = (low >= 0) & (high < num_patches)
+    if distinct and indices.shape[-1] > 1:
+        ordered = indices.sort(dim=-1).values
+        ok &= (ordered[..., 1:] != ordered[..., :-1]).all()
+    if not holds(ok, f"{name} must be distinct patch indices in [0, L)"):
+        if not (int(low) >= 0 and int(high) < num_patches):
+            raise ValueError(
+                f"{name} must lie in [0, {num_patches}) (L = {num_patches} patches), found "
+                f"values from {int(low)} to {int(high)}; indices count patch tokens only, "
+                "without the cls or other prefix tokens"
+            )
+        raise ValueError(f"{name} repeats a patch index within a sample; each must be distinct")
 
 
 def gather_tokens(x: Tensor, indices: Tensor) -> Tensor:
@@ -23,13 +60,22 @@ def gather_tokens(x: Tensor, indices: Tensor) -> Tensor:
         (B, K, D) (or (B, K)) tokens in the order of ``indices``.
 
     Raises:
-        ValueError: ``x`` and ``indices`` differ in B, or ``indices`` is not 2-D.
+        TypeError: ``x`` is not a tensor, or ``indices`` is not an integer tensor.
+        ValueError: ``x`` and ``indices`` differ in B, ``indices`` is not 2-D, or an index
+            lies outside [0, L) (on CUDA: a device assert, see :func:`check_indices`).
     """
+    if not isinstance(x, Tensor) or not isinstance(indices, Tensor):
+        raise TypeError(
+            f"x and indices must be torch.Tensors, got {type(x).__name__} and "
+            f"{type(indices).__name__}"
+        )
     if indices.dim() != 2 or x.dim() < 2 or x.shape[0] != indices.shape[0]:
         raise ValueError(
             f"gather_tokens needs x (B, L, ...) and indices (B, K) with the same B, got x "
             f"{tuple(x.shape)} and indices {tuple(indices.shape)}"
         )
+    check_indices("indices", indices, x.shape[1])
+    indices = indices.long()
     if x.dim() == 2:
         return x.gather(1, indices)
     batch_size, num_patches = x.shape[:2]
@@ -117,6 +163,8 @@ class MaskSplit(NamedTuple):
         loss, as AMT and MSMAE require. Note that MAE's own ``mask`` is 1 on every patch it
         does not keep; with ``throw_ratio = 0`` the two agree.
         """
+        if not isinstance(dtype, torch.dtype):
+            raise TypeError(f"dtype must be a torch.dtype such as torch.float32, got {dtype!r}")
         return (self.labels == MASKED).to(dtype)
 
     def is_visible(self) -> Tensor:
@@ -137,7 +185,11 @@ class MaskSplit(NamedTuple):
 
 
 def labels_of(split_or_labels: MaskSplit | Tensor) -> Tensor:
-    """(B, L) int labels (0 visible, 1 masked, -1 thrown) of a split or of labels."""
+    """(B, L) int labels (0 visible, 1 masked, -1 thrown) of a split or of labels.
+
+    A label tensor's values are checked (on the host, where figures and metrics read them;
+    a device assert on CUDA): any other value would fall in no group.
+    """
     if isinstance(split_or_labels, MaskSplit):
         return split_or_labels.labels
     if not isinstance(split_or_labels, Tensor):
@@ -149,5 +201,11 @@ def labels_of(split_or_labels: MaskSplit | Tensor) -> Tensor:
         raise ValueError(
             f"labels must be a (B, L) integer tensor (0 visible, 1 masked, -1 thrown), got "
             f"shape {tuple(labels.shape)} and dtype {labels.dtype}; pass MaskSplit.labels"
+        )
+    unknown = (labels != VISIBLE) & (labels != MASKED) & (labels != THROWN)
+    if not holds(~unknown.any(), "labels must be 0, 1 or -1"):
+        raise ValueError(
+            f"labels must be 0 (visible), 1 (masked) or -1 (thrown), found "
+            f"{labels[unknown].unique().tolist()}; pass MaskSplit.labels"
         )
     return labels

@@ -10,7 +10,6 @@ training step can move the batch's maps the same way on the device
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -20,7 +19,7 @@ import torchvision.transforms.functional as TF
 from torch.utils.data import Dataset
 from torchvision.transforms import InterpolationMode, RandomResizedCrop
 
-from ._checks import check_int, check_pair
+from ._checks import check_index, check_int, check_pair, check_range, check_ratio
 from .align import CropParams
 
 __all__ = ["CropDataset", "CropParams", "IndexedDataset", "PairedRandomResizedCrop"]
@@ -61,8 +60,10 @@ class PairedRandomResizedCrop:
         antialias: Antialias when downsizing (tensor images; PIL always does).
 
     Raises:
-        ValueError: a non-positive size, an empty or reversed range, or a probability
-            outside [0, 1].
+        TypeError: ``scale`` or ``ratio`` not a pair of numbers, ``hflip_prob`` not a
+            number, or ``interpolation`` not an ``InterpolationMode``.
+        ValueError: a non-positive size, an empty, reversed or non-positive range, a scale
+            above 1, or a probability outside [0, 1].
     """
 
     def __init__(
@@ -76,28 +77,39 @@ class PairedRandomResizedCrop:
         antialias: bool = True,
     ) -> None:
         pair = check_pair("size", (size, size) if isinstance(size, int) else size)
-        if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
-            raise ValueError(f"scale must satisfy 0 < scale[0] <= scale[1] <= 1, got {scale!r}")
-        if len(ratio) != 2 or not 0 < ratio[0] <= ratio[1] < math.inf:
-            raise ValueError(f"ratio must satisfy 0 < ratio[0] <= ratio[1], got {ratio!r}")
-        if not 0 <= hflip_prob <= 1:
-            raise ValueError(f"hflip_prob must lie in [0, 1], got {hflip_prob!r}")
+        self.scale = check_range("scale", scale, upper=1.0)
+        self.ratio = check_range("ratio", ratio)
+        self.hflip_prob = check_ratio("hflip_prob", hflip_prob)
         if not isinstance(interpolation, InterpolationMode):
             raise TypeError(
                 f"interpolation must be a torchvision InterpolationMode, got {interpolation!r}"
             )
         self.size = pair
-        self.scale = (float(scale[0]), float(scale[1]))
-        self.ratio = (float(ratio[0]), float(ratio[1]))
-        self.hflip_prob = float(hflip_prob)
         self.interpolation = interpolation
         self.antialias = antialias
 
     def sample(
         self, image_size: tuple[int, int], *, generator: torch.Generator | None = None
     ) -> CropParams:
-        """Draw a box inside an image of size ``(H, W)`` and a flip."""
+        """Draw a box inside an image of size ``(H, W)`` and a flip.
+
+        Raises:
+            TypeError: ``generator`` is neither a ``torch.Generator`` nor ``None``.
+            ValueError: ``image_size`` is not two positive ints, or ``generator`` is not
+                on the CPU.
+        """
         height, width = check_pair("image_size", image_size)
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(
+                f"generator must be a torch.Generator or None, got {type(generator).__name__} "
+                f"{generator!r}; seed one with torch.Generator().manual_seed(seed)"
+            )
+        # torchvision draws from the global CPU RNG, which only a CPU generator's state fits.
+        if generator is not None and generator.device.type != "cpu":
+            raise ValueError(
+                f"generator must be a CPU torch.Generator, got one on {generator.device}; "
+                "create it with torch.Generator() (no device)"
+            )
         # get_params reads only the size of its image argument: a view of one element.
         stand_in = torch.empty(1, 1, 1).expand(1, height, width)
         with _drawing_from(generator):
@@ -108,7 +120,25 @@ class PairedRandomResizedCrop:
         return CropParams(top, left, crop_height, crop_width, hflip, height, width)
 
     def apply(self, image: Any, params: CropParams) -> Any:
-        """Crop ``image`` (PIL or (..., C, H, W) tensor) to ``params``, resize, maybe flip."""
+        """Crop ``image`` (PIL or (..., C, H, W) tensor) to ``params``, resize, maybe flip.
+
+        Raises:
+            TypeError: ``params`` is not a :class:`CropParams`.
+            ValueError: ``params`` were drawn for an image of another size.
+        """
+        if not isinstance(params, CropParams):
+            raise TypeError(
+                f"params must be a CropParams from sample(), got {type(params).__name__}"
+            )
+        _, height, width = TF.get_dimensions(image)
+        drawn_for = (int(params.image_height), int(params.image_width))
+        # A box drawn for a larger image would be padded with zeros, not fail.
+        if drawn_for != (height, width):
+            raise ValueError(
+                f"params were drawn for an image of size (H, W) = {drawn_for}, but the image "
+                f"is {(height, width)}; draw them with sample({(height, width)}) or pass the "
+                "image they were drawn for"
+            )
         image = TF.resized_crop(
             image,
             *params.box,
@@ -186,6 +216,15 @@ class CropDataset(Dataset):
         return len(self.dataset)  # type: ignore[arg-type]
 
     def __getitem__(self, index: int) -> tuple[Any, Any, CropParams, int]:
+        """``(view, target, crop, index)`` of sample ``index``, negative counting from the end.
+
+        Raises:
+            TypeError: ``index`` is not an int.
+            IndexError: ``index`` is outside [-len, len).
+        """
+        # The returned index reads the bank (which takes dataset indices in [0, N)) and
+        # seeds the crop, so [-1] must give the sample of [len - 1], its index included.
+        index = check_index(index, len(self))
         image, target = self.dataset[index]
         view, crop = self.transform(image, generator=self.generator(index))
         if self.post_transform is not None:
@@ -193,7 +232,13 @@ class CropDataset(Dataset):
         return view, target, crop, index
 
     def generator(self, index: int) -> torch.Generator:
-        """The generator of sample ``index`` in the current epoch."""
+        """The generator of sample ``index`` in the current epoch (negative: from the end).
+
+        Raises:
+            TypeError: ``index`` is not an int.
+            IndexError: ``index`` is outside [-len, len).
+        """
+        index = check_index(index, len(self))
         # SeedSequence mixes the three ints, so nearby (seed, epoch, index) give unrelated
         # streams, unlike a sum or a product of them.
         state = np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(

@@ -16,7 +16,7 @@ from timm.models import checkpoint_seq
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
-from .split import gather_tokens
+from .split import check_indices, gather_tokens
 
 __all__ = [
     "check_timm_vit",
@@ -195,16 +195,19 @@ def forward_features_visible(
 
     Raises:
         TypeError: ``model`` is not a timm ``VisionTransformer``.
-        ValueError: ``visible`` does not match the batch.
+        ValueError: ``visible`` does not match the batch, or holds repeated or
+            out-of-range patch indices (on CUDA: a device assert).
     """
     check_timm_vit(model, token_subset=True)
     x = model._pos_embed(model.patch_embed(images))
     if visible is not None:
-        if visible.dim() != 2 or visible.shape[0] != x.shape[0]:
+        if not isinstance(visible, Tensor) or visible.dim() != 2 or visible.shape[0] != x.shape[0]:
+            got = tuple(visible.shape) if isinstance(visible, Tensor) else type(visible).__name__
             raise ValueError(
                 f"visible must be (B, K) patch indices for the batch of {x.shape[0]} images, "
-                f"got shape {tuple(visible.shape)}"
+                f"got {got}"
             )
+        check_indices("visible", visible, x.shape[1] - model.num_prefix_tokens, distinct=True)
         x = keep_patch_tokens(x, visible, model.num_prefix_tokens)
     x = model.patch_drop(x)
     x = model.norm_pre(x)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._checks import check_int
+from ._checks import check_int, check_reals
 from .files import atomic_write
 from .patches import patch_grid
 from .split import MASKED, THROWN, MaskSplit, labels_of
@@ -43,17 +43,29 @@ def heatmap(weights: Tensor) -> np.ndarray:
     """Colour per-patch weights, each map min-max scaled on its own.
 
     Args:
-        weights: (gh, gw) or (B, gh, gw) finite weights. A constant map gets the darkest
-            colour.
+        weights: (gh, gw) or (B, gh, gw) finite weights, gh, gw >= 1. A constant map gets
+            the darkest colour. Any finite range works, up to the float64 limits.
 
     Returns:
         uint8 RGB array (gh, gw, 3) or (B, gh, gw, 3).
+
+    Raises:
+        TypeError: ``weights`` is not a tensor.
+        ValueError: another shape, an empty map, or NaN or Inf values.
     """
-    if weights.dim() not in (2, 3):
-        raise ValueError(f"weights must be (gh, gw) or (B, gh, gw), got {tuple(weights.shape)}")
+    if not isinstance(weights, Tensor):
+        raise TypeError(f"weights must be a torch.Tensor, got {type(weights).__name__}")
+    if weights.dim() not in (2, 3) or weights.shape[-2] == 0 or weights.shape[-1] == 0:
+        raise ValueError(
+            f"weights must be (gh, gw) or (B, gh, gw) with gh, gw >= 1, got {tuple(weights.shape)}"
+        )
     values = weights.detach().to("cpu", torch.float64).numpy()
     if not np.isfinite(values).all():
         raise ValueError("weights hold NaN or Inf; clean them before drawing a heatmap")
+    # max - min of a finite map can overflow to Inf (e.g. -1e308 to 1e308): scale each map
+    # by its largest magnitude first, which bounds the span by 2.
+    magnitude = np.abs(values).max(axis=(-2, -1), keepdims=True)
+    values = values / np.where(magnitude > 0, magnitude, 1.0)
     low = values.min(axis=(-2, -1), keepdims=True)
     span = values.max(axis=(-2, -1), keepdims=True) - low
     scaled = (values - low) / np.where(span > 0, span, 1.0)
@@ -110,8 +122,9 @@ def save_mask_grid(
         path: Output PNG path.
         images: (B, 3, H, W) float images, in [0, 1] after undoing ``mean``/``std``;
             values outside are clipped for display.
-        split: a :class:`~maskkit.MaskSplit` or its (B, L) labels, L = (H / p) * (W / p).
-        patch_size: p.
+        split: a :class:`~maskkit.MaskSplit` or its (B, L) labels, L = (H / p) * (W / p),
+            each 0 (visible), 1 (masked) or -1 (thrown).
+        patch_size: p, an int >= 1.
         weights: optional (B, gh, gw) (or (B, L)) masking weights to show as a heatmap.
         lesion_masks: optional (B, H, W) bool lesion masks, boxed in green on the image.
         max_images: Draw at most this many images (the first ones).
@@ -122,16 +135,24 @@ def save_mask_grid(
 
     Returns:
         The written path.
+
+    Raises:
+        TypeError: ``patch_size``, ``max_images``, ``scale`` or ``pad`` is not an int, or
+            ``mean``/``std`` is not a sequence of numbers.
+        ValueError: a shape does not match, a label is not -1, 0 or 1, ``mean``/``std``
+            do not hold one finite number per channel or only one of them is given, or a
+            count is out of range. Nothing is written then.
     """
     if images.dim() != 4 or images.shape[1] != 3 or not images.is_floating_point():
         raise ValueError(
             f"images must be float (B, 3, H, W), got {tuple(images.shape)} {images.dtype}; "
             "convert uint8 images with .float() / 255"
         )
+    check_int("patch_size", patch_size, minimum=1)
     check_int("max_images", max_images, minimum=1)
     check_int("scale", scale, minimum=1)
     check_int("pad", pad, minimum=0)
-    batch, _, height, width = images.shape
+    batch, channels, height, width = images.shape
     gh, gw = patch_grid((height, width), patch_size)
     labels = labels_of(split)
     if labels.shape != (batch, gh * gw):
@@ -139,12 +160,15 @@ def save_mask_grid(
             f"the split covers {tuple(labels.shape)} patches but images {tuple(images.shape)} "
             f"with patch_size={patch_size} have ({batch}, {gh * gw})"
         )
-    count = min(batch, max_images)
-    pixels = images[:count].detach().to("cpu", torch.float64)
     if (mean is None) != (std is None):
         raise ValueError("pass both mean and std to undo a normalisation, or neither")
+    count = min(batch, max_images)
+    pixels = images[:count].detach().to("cpu", torch.float64)
     if mean is not None and std is not None:
-        pixels = pixels * torch.tensor(std).view(3, 1, 1) + torch.tensor(mean).view(3, 1, 1)
+        form = f"{channels} finite numbers, one per channel of the {channels}-channel images"
+        mean_t = torch.tensor(check_reals("mean", mean, channels, form=form), dtype=torch.float64)
+        std_t = torch.tensor(check_reals("std", std, channels, form=form), dtype=torch.float64)
+        pixels = pixels * std_t.view(channels, 1, 1) + mean_t.view(channels, 1, 1)
     pixels_np = pixels.clamp(0.0, 1.0).permute(0, 2, 3, 1).numpy()
     group = labels[:count].cpu().numpy().reshape(count, gh, gw)
     panels: list[list[np.ndarray]] = []

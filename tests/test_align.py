@@ -311,3 +311,68 @@ def test_hflip_advice_fits_the_input() -> None:
         align_weights(
             torch.rand(2, 4, 4), torch.tensor([[0, 0, 8, 8]] * 2), (8, 8), (2, 2), hflip=1
         )
+
+
+def _crop(**fields: object):
+    from maskkit import CropParams
+
+    one = {"top": 0, "left": 0, "height": 4, "width": 4, "hflip": False}
+    return CropParams(**{**one, "image_height": 8, "image_width": 8, **fields})
+
+
+def test_hflip_that_is_no_bool_is_named() -> None:
+    # A string or None reached torch.as_tensor ("new(): invalid data type 'str'").
+    with pytest.raises(TypeError, match="hflip must be a bool, got str 'yes'"):
+        align_weights(torch.ones(4, 4), (0, 0, 4, 4), (8, 8), (2, 2), hflip="yes")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"a bool or a \(2,\) bool tensor, got NoneType None"):
+        align_weights(torch.ones(2, 4, 4), (0, 0, 4, 4), (8, 8), (2, 2), hflip=None)  # type: ignore[arg-type]
+
+
+_PAIR = torch.tensor([0, 0])
+_BATCH_OF_TWO = {
+    "top": _PAIR,
+    "left": _PAIR,
+    "height": _PAIR + 4,
+    "width": _PAIR + 4,
+    "hflip": torch.tensor([True, False]),
+    "image_height": _PAIR + 8,
+    "image_width": _PAIR + 8,
+}
+
+
+@pytest.mark.parametrize(
+    ("fields", "batch", "error", "message"),
+    [
+        # Fields of mixed shapes failed in torch.stack ("stack expects each tensor ...").
+        (
+            {"hflip": torch.tensor([True, False])},
+            2,
+            ValueError,
+            r"must all be scalars .* got shapes: top \(\), .*hflip \(2,\), image_height \(\)",
+        ),
+        ({**_BATCH_OF_TWO, "top": torch.zeros(2, 1)}, 2, ValueError, r"top \(2, 1\), left \(2,\)"),
+        (_BATCH_OF_TWO, 3, ValueError, r"a CropParams of 2 crops needs \(2, h0, w0\) weights"),
+        ({"hflip": "yes"}, 2, TypeError, "CropParams.hflip must be a number or a tensor, got str"),
+        ({"top": None}, 2, TypeError, "CropParams.top must be a number or a tensor, got NoneType"),
+        # A float or an int other than 0/1 used to become a flip silently.
+        ({"hflip": 0.5}, 2, ValueError, r"CropParams.hflip must hold bools \(or 0/1 ints\)"),
+        (
+            {"hflip": 2},
+            2,
+            ValueError,
+            r"CropParams.hflip must hold bools or 0/1 ints, got values \[2\]",
+        ),
+    ],
+)
+def test_bad_crop_params_name_the_field(
+    fields: dict, batch: int, error: type, message: str
+) -> None:
+    with pytest.raises(error, match=message):
+        align_weights(torch.ones(batch, 4, 4), _crop(**fields), out_grid=(2, 2))
+
+
+def test_crop_params_flip_may_be_zero_one_ints() -> None:
+    weights = torch.rand(2, 4, 4, generator=torch.Generator().manual_seed(0))
+    as_ints = {**_BATCH_OF_TWO, "hflip": torch.tensor([1, 0])}
+    expected = align_weights(weights, _crop(**_BATCH_OF_TWO), out_grid=(2, 2))
+    assert torch.equal(align_weights(weights, _crop(**as_ints), out_grid=(2, 2)), expected)

@@ -185,6 +185,16 @@ def test_options_and_inputs_are_checked() -> None:
     assert "mode='high'" in repr(AttMaskMasker())
 
 
+def test_priorities_need_attention_of_shape_b_l() -> None:
+    expected = r"attention must be \(B, L\) scores, one row per sample, got shape "
+    with pytest.raises(ValueError, match=expected + r"\(2, 4, 4\); flatten .*flatten\(1\)"):
+        attmask_priorities(torch.rand(2, 4, 4))
+    with pytest.raises(ValueError, match=expected + r"\(16,\)"):
+        attmask_priorities(torch.rand(16))
+    priorities, _ = attmask_priorities(torch.rand(2, 4, 4).flatten(1))
+    assert priorities.shape == (2, 16)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["high", "hints"])
 def test_torch_compile_fullgraph_matches_eager(mode: str) -> None:

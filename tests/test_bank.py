@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import pickle
 import warnings
 from pathlib import Path
 
@@ -204,8 +206,24 @@ def test_truncated_file_is_named_on_open_and_before_reading(tmp_path: Path) -> N
         bank[3]
     with pytest.raises(ValueError, match="truncated or overwritten"):
         bank.update([0], _maps(1))
+    # Each of these read every mapped page (SIGBUS before the check).
+    for touch_every_page in (
+        bank.state_dict,
+        lambda: bank.load_state_dict({"weights": _maps(4)}),
+        lambda: copy.deepcopy(bank),
+        lambda: pickle.dumps(bank),
+    ):
+        with pytest.raises(ValueError, match="truncated or overwritten"):
+            touch_every_page()
     with pytest.raises(ValueError, match="truncated or overwritten"):
         MaskWeightBank(4, GRID, path=path)
+
+
+def test_state_dict_errors_name_the_key() -> None:
+    with pytest.raises(TypeError, match=r"state_dict\['weights'\]: .*floating"):
+        MaskWeightBank(4, GRID).load_state_dict(
+            {"weights": torch.ones(4, *GRID, dtype=torch.int32)}
+        )
 
 
 def test_a_file_with_nan_maps_is_refused_when_reopened(tmp_path: Path) -> None:
@@ -429,3 +447,25 @@ def test_refresh_with_attention_extractor_on_a_timm_vit() -> None:
 
     torch.testing.assert_close(bank[torch.arange(5)], extractor(images))
     assert model.training
+
+
+def test_slices_and_other_index_types_name_the_accepted_ones() -> None:
+    # bank[0:2] failed in torch.as_tensor: "Could not infer dtype of slice". Slices are
+    # refused: their bounds would be clamped to [0, N) silently.
+    bank = MaskWeightBank(3, GRID)
+    with pytest.raises(
+        TypeError,
+        match=r"indices must be an int, a sequence of ints or a \(k,\) integer tensor, got "
+        r"slice .*torch.arange\(start, stop\)",
+    ):
+        bank[0:2]  # type: ignore[index]
+    with pytest.raises(TypeError, match="got str 'a'"):
+        bank["a"]  # type: ignore[index]
+    with pytest.raises(TypeError, match=r"indices must be a sequence of ints .*got NoneType"):
+        bank.update(None, _maps(2))  # type: ignore[arg-type]
+    assert torch.equal(bank[torch.arange(0, 2)], torch.ones(2, *GRID))
+
+
+def test_maps_on_the_meta_device_are_refused() -> None:
+    with pytest.raises(ValueError, match="meta device hold no values"):
+        MaskWeightBank(4, GRID).update([0], torch.ones(1, *GRID, device="meta"))

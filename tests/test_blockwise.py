@@ -264,6 +264,8 @@ def test_block_masker_options_are_checked_at_construction() -> None:
         BlockMasker(min_aspect=0.0)
     with pytest.raises(ValueError, match="max_aspect=0.2 is below min_aspect"):
         BlockMasker(min_aspect=0.3, max_aspect=0.2)
+    with pytest.raises(ValueError, match="max_aspect=2.0 is below min_aspect=3.0; swap them$"):
+        BlockMasker(min_aspect=3.0, max_aspect=2.0)
     with pytest.raises(ValueError, match=f"at most {MAX_BLOCKS}"):
         BlockMasker(num_blocks=MAX_BLOCKS + 1)
     with pytest.raises(ValueError, match="grid must be two positive ints"):
@@ -271,6 +273,56 @@ def test_block_masker_options_are_checked_at_construction() -> None:
     with pytest.raises(ValueError, match="below 1"):
         BlockMasker(0.7, throw_ratio=0.3)
     assert "num_blocks=24" in repr(BlockMasker())
+
+
+def test_min_aspect_above_one_without_max_aspect_names_the_cause() -> None:
+    # The default max_aspect, 1 / min_aspect, falls below a min_aspect above 1.
+    cause = r"min_aspect=3.0 is above 1, so the default max_aspect = 1 / min_aspect = 0.3333"
+    fix = r"pass min_aspect <= 1 \(e.g. 0.3333 for the range \[0.3333, 3\]\)"
+    with pytest.raises(ValueError, match=f"{cause} is below it; {fix}"):
+        BlockMasker(min_aspect=3.0)
+    with pytest.raises(ValueError, match=cause):
+        sample_blocks(2, (4, 4), num_blocks=3, min_num_patches=2, max_num_patches=5, min_aspect=3.0)
+    assert BlockMasker(min_aspect=1.0).max_aspect == 1.0  # square blocks only
+    assert BlockMasker(min_aspect=3.0, max_aspect=4.0).max_aspect == 4.0
+
+
+def test_sample_blocks_checks_its_arguments() -> None:
+    def draw(**options: object) -> None:
+        defaults: dict[str, object] = {"num_blocks": 3, "min_num_patches": 2, "max_num_patches": 5}
+        sample_blocks(2, (4, 4), **{**defaults, **options})  # type: ignore[arg-type]
+
+    with pytest.raises(ValueError, match="max_num_patches=2 is below min_num_patches=5; swap"):
+        draw(min_num_patches=5, max_num_patches=2)
+    for name in ("min_aspect", "max_aspect"):
+        for bad in (0, -1.0, float("nan"), float("inf")):
+            with pytest.raises(ValueError, match=f"{name} must be a finite ratio > 0, got"):
+                draw(**{name: bad})
+    with pytest.raises(ValueError, match="max_aspect=0.5 is below min_aspect=0.6; swap them"):
+        draw(min_aspect=0.6, max_aspect=0.5)
+    for name in ("min_num_patches", "max_num_patches"):
+        for bad in (0, -3.0, float("nan"), float("inf")):
+            with pytest.raises(ValueError, match=f"{name} must be a finite area > 0 in patches"):
+                draw(**{name: bad})
+        with pytest.raises(TypeError, match=f"{name} must be a positive number of patches"):
+            draw(**{name: "4"})
+    with pytest.raises(ValueError, match="num_blocks must be an int >= 1, got 0"):
+        draw(num_blocks=0)
+    with pytest.raises(ValueError, match="grid must be two positive ints"):
+        sample_blocks(2, (4, 0), num_blocks=3, min_num_patches=2, max_num_patches=5)
+    with pytest.raises(ValueError, match="batch_size must be an int >= 1, got 0"):
+        sample_blocks(0, (4, 4), num_blocks=3, min_num_patches=2, max_num_patches=5)
+    # Equal bounds are a fixed area and a fixed aspect.
+    blocks = sample_blocks(
+        2,
+        (4, 4),
+        num_blocks=3,
+        min_num_patches=4,
+        max_num_patches=4,
+        min_aspect=1.0,
+        max_aspect=1.0,
+    )
+    assert (blocks.height == 2).all() and (blocks.width == 2).all()
 
 
 def test_block_masker_call_errors_name_the_fix() -> None:
@@ -317,8 +369,8 @@ def test_units_are_masked_whole_except_at_the_count_borders(
 ) -> None:
     num_patches = grid[0] * grid[1]
     mask_ratio, throw_ratio = ratios
-    if int(num_patches * (1 - (mask_ratio + throw_ratio))) < 1:
-        return
+    if int(num_patches * (1 - (mask_ratio + throw_ratio))) < 1 or unit >= max(grid):
+        return  # no visible patch, or a single unit: errors tested below
     masker = UnitMasker(mask_ratio, unit, throw_ratio=throw_ratio, grid=grid)
     split = masker(batch_size, num_patches, generator=torch.Generator().manual_seed(seed))
     check_partition(split, batch_size, num_patches)
@@ -389,6 +441,34 @@ def test_unit_masker_options_and_errors() -> None:
     with pytest.raises(ValueError, match="not a square"):
         UnitMasker()(2, 50)
     assert repr(UnitMasker()) == "UnitMasker(mask_ratio=0.6, unit=2, throw_ratio=0.0, grid=None)"
+
+
+def test_a_grid_of_a_single_unit_is_rejected() -> None:
+    # A unit as large as both sides covers the whole grid: nothing is left to draw.
+    single = r"unit=8 covers the whole 4 x 4 grid as a single unit, so every draw would mask "
+    with pytest.raises(ValueError, match=single + r"the same patches .*; pass unit <= 3"):
+        UnitMasker(0.5, unit=8)(4, 16)  # grid known at the call
+    with pytest.raises(ValueError, match=single):
+        UnitMasker(0.5, unit=8, grid=(4, 4))  # grid known at construction
+    with pytest.raises(ValueError, match="unit=4 covers the whole 4 x 4 grid"):
+        unit_priorities(2, (4, 4), 4)
+    with pytest.raises(ValueError, match="unit=1 covers the whole 1 x 1 grid.*more than one patch"):
+        UnitMasker(0.0, unit=1, grid=(1, 1))
+    # Cut units still count: unit 4 on a 4 x 5 grid leaves a 4 x 4 and a 4 x 1 unit.
+    split = UnitMasker(0.5, unit=4, grid=(4, 5))(64, 20, generator=torch.Generator().manual_seed(0))
+    assert split.masked.shape == (64, 10)
+    assert len({tuple(row) for row in split.masked.sort(dim=1).values.tolist()}) > 1
+
+
+def test_unit_priorities_checks_its_arguments() -> None:
+    with pytest.raises(ValueError, match="unit must be an int >= 1, got 0"):
+        unit_priorities(2, (4, 4), unit=0)
+    with pytest.raises(TypeError, match="unit must be an int, got float 2.0"):
+        unit_priorities(2, (4, 4), unit=2.0)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="grid must be two positive ints"):
+        unit_priorities(2, (4, 0), unit=2)
+    with pytest.raises(ValueError, match="batch_size must be an int >= 1, got 0"):
+        unit_priorities(0, (4, 4), unit=2)
 
 
 # ---- compile and CUDA ----------------------------------------------------------------------

@@ -292,3 +292,39 @@ def test_pixel_mask_to_patches_checks_inputs() -> None:
         pixel_mask_to_patches(torch.zeros(4, 4), 2)
     with pytest.raises(ValueError, match="multiple of patch_size"):
         pixel_mask_to_patches(torch.zeros(4, 6, dtype=torch.bool), 4)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        # A string lesion_size failed in a comparison: "'<' not supported between ...".
+        ({"lesion_size": "0.1"}, TypeError, r"lesion_size must be a float in \(0, 0.25\], got str"),
+        ({"lesion_size": float("nan")}, ValueError, r"lesion_size must lie in \(0, 0.25\]"),
+        ({"num_samples": 2.0}, TypeError, "num_samples must be an int, got float"),
+        ({"num_classes": "3"}, TypeError, "num_classes must be an int, got str"),
+        ({"seed": "0"}, TypeError, "seed must be an int, got str"),
+        ({"image_size": 3.5}, ValueError, "image_size must be two positive ints"),
+    ],
+)
+def test_arguments_of_the_wrong_type_are_named(kwargs: dict, error: type, message: str) -> None:
+    args = {"num_samples": 4, **kwargs}
+    with pytest.raises(error, match=message):
+        SyntheticLesions(args.pop("num_samples"), **args)
+
+
+def test_patch_size_must_be_a_positive_int() -> None:
+    # patch_size=0 raised ZeroDivisionError.
+    with pytest.raises(ValueError, match="patch_size must be an int >= 1, got 0"):
+        pixel_mask_to_patches(torch.zeros(4, 4, dtype=torch.bool), 0)
+    with pytest.raises(TypeError, match="patch_size must be an int, got float"):
+        pixel_mask_to_patches(torch.zeros(4, 4, dtype=torch.bool), 2.0)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="patch_size must be an int >= 1"):
+        SyntheticLesions(2, image_size=32).lesion_patches(1, 0)
+
+
+def test_labels_outside_the_three_groups_are_refused_by_the_metric() -> None:
+    # A label of 7 fell in no group and silently lowered the hit rate.
+    labels = LABELS.clone()
+    labels[0, 0] = 7
+    with pytest.raises(ValueError, match=r"found \[7\]; pass MaskSplit.labels"):
+        lesion_hit_counts(labels, LESION)

@@ -162,6 +162,21 @@ def test_inputs_are_checked() -> None:
     assert "alpha=0.5" in repr(HardPatchMasker())
 
 
+def test_priorities_check_num_hard_and_the_losses_shape() -> None:
+    losses = torch.randn(2, 16)
+    for bad in (20, 17, -1):
+        with pytest.raises(
+            ValueError, match=rf"num_hard must lie in \[0, L\] = \[0, 16\].*got {bad}; take it"
+        ):
+            hard_patch_priorities(losses, bad)
+    with pytest.raises(TypeError, match="num_hard must be an int, got float 2.0"):
+        hard_patch_priorities(losses, 2.0)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"losses must be \(B, L\).*got shape \(2, 4, 4\)"):
+        hard_patch_priorities(torch.randn(2, 4, 4), 3)
+    assert ((hard_patch_priorities(losses, 16) >= 1).sum(1) == 16).all()  # the bounds work
+    assert (hard_patch_priorities(losses, 0) < 1).all()
+
+
 def _load_example():
     spec = importlib.util.spec_from_file_location("hpm_step", EXAMPLE)
     module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]

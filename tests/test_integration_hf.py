@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import math
 import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -212,3 +213,23 @@ def test_missing_transformers_names_the_extra(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.delitem(sys.modules, "maskkit.integrations.hf")
     with pytest.raises(ImportError, match=r"pip install 'maskkit\[hf\]'"):
         importlib.import_module("maskkit.integrations.hf")
+
+
+def test_wrong_models_configs_and_grids_are_named() -> None:
+    model, x = build(), images()
+    with pytest.raises(TypeError, match="expected a Hugging Face ViTMAEForPreTraining"):
+        pretrain_forward(nn.Linear(2, 2), x, sam_split())
+    with pytest.raises(TypeError, match="float mask_ratio"):
+        check_mask_ratio(object(), sam_split())
+    with pytest.raises(TypeError, match="mask_ratio=None"):
+        check_mask_ratio(SimpleNamespace(mask_ratio=None), sam_split())
+    # A split over 9 patches keeps int(9 * 0.25) = 2 visible: the count check alone passes.
+    with pytest.raises(ValueError, match="covers 9 patches but 32 x 32 images .* give 16"):
+        pretrain_forward(model, x, RandomMasker(0.75)(B, 9))
+
+
+def test_nothing_masked_gives_a_zero_loss_not_nan() -> None:
+    model = build(mask_ratio=0.0)
+    split = RandomMasker(0.0)(B, L)
+    with torch.no_grad():
+        assert pretrain_forward(model, images(), split).loss.item() == 0.0

@@ -243,6 +243,26 @@ def test_decode_masked_rejects_other_modules() -> None:
         decode_masked(nn.Linear(3, 3), torch.zeros(1, 5, 3), sam_split(batch=1))
 
 
+@pytest.mark.parametrize("legacy_decoder", [False, True])
+@pytest.mark.parametrize("prefix", [1, 8])
+def test_a_split_over_another_grid_is_named(legacy_decoder: bool, prefix: int) -> None:
+    # A 9-patch split on a 16-patch decoder: with 8 "prefix" tokens its table rows used to
+    # be split 8 + 9 silently.
+    decoder = LightlyMAE(legacy_decoder=legacy_decoder).decoder
+    split = SAMMasker(0.45, 0.30)(2, 9, torch.rand(2, 9))
+    tokens = torch.zeros(2, prefix + split.visible.shape[1], 24)
+    with pytest.raises(ValueError, match="covers 9 patches but .* 17 rows = 1 prefix \\+ 16"):
+        decode_masked(decoder, tokens, split)
+
+
+def test_to_lightly_checks_its_arguments() -> None:
+    split = sam_split()
+    with pytest.raises(TypeError, match="allow_thrown must be a bool"):
+        to_lightly(split, allow_thrown="no")
+    with pytest.raises(TypeError, match="split must be a maskkit.MaskSplit"):
+        to_lightly(split.labels)
+
+
 # --- training lightly's MAE with SAM weights ----------------------------------------------------
 
 

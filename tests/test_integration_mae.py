@@ -278,3 +278,12 @@ def test_bad_calls_raise() -> None:
         adapter(x, torch.zeros(3, 16))
     with pytest.raises(ValueError, match="finite"):
         MAEAdapter(build(), fill=float("nan"))
+    with pytest.raises(TypeError, match="fill must be a finite float, got str"):
+        MAEAdapter(build(), fill="0")
+
+
+def test_nothing_masked_gives_a_zero_loss_not_nan() -> None:
+    # MAE's own forward returns 0 / 0 = NaN at mask_ratio=0.
+    with torch.no_grad():
+        loss, pred, _ = MAEAdapter(build())(images(), mask_ratio=0.0)
+    assert loss.item() == 0.0 and pred.shape[1] == 16

@@ -108,7 +108,10 @@ def test_decoder_tokens_name_bad_shapes() -> None:
             latent[:, 1:], torch.zeros(4), torch.zeros(1, 16, 4), split, num_prefix_tokens=1
         )
     with pytest.raises(ValueError, match="share the decoder width"):
-        decoder_tokens(latent, torch.zeros(5), torch.zeros(1, 16, 4), split, num_prefix_tokens=1)
+        decoder_tokens(latent, torch.zeros(4), torch.zeros(1, 16, 5), split, num_prefix_tokens=1)
+    for mask_token in (torch.zeros(5), torch.zeros(2, 4)):
+        with pytest.raises(ValueError, match="must hold one token of the decoder width 4"):
+            decoder_tokens(latent, mask_token, torch.zeros(1, 16, 4), split, num_prefix_tokens=1)
     with pytest.raises(ValueError, match="order must be one of"):
         decoder_tokens(
             latent, torch.zeros(4), torch.zeros(1, 16, 4), split, num_prefix_tokens=1, order="x"
@@ -235,3 +238,63 @@ def test_model_rejects_encoders_it_cannot_run() -> None:
     images, targets, _ = tiny_batch()
     with pytest.raises(ValueError, match="covers 20 patches but the model has 16"):
         model(images, targets, RandomMasker(0.5)(3, 20))
+
+
+def test_no_patch_in_the_loss_gives_zero_with_zero_gradient() -> None:
+    # MAE's own average is 0 / 0 = NaN when nothing is masked (mask_ratio=0).
+    pred = torch.randn(2, 4, 12, requires_grad=True)
+    target = torch.randn(2, 4, 12)
+    loss = reconstruction_loss(pred, target, torch.zeros(2, 4))
+    loss.backward()
+    assert loss.item() == 0.0 and torch.equal(pred.grad, torch.zeros_like(pred))
+    assert reconstruction_loss(pred[:, :0], target[:, :0]).item() == 0.0
+    images, targets, _ = tiny_batch()
+    out = tiny_mae()(images, targets, RandomMasker(0.0)(3, 16))
+    assert out.recon_loss.item() == 0.0 and torch.isfinite(out.loss)
+
+
+def test_loss_mask_values_and_dtype_are_checked() -> None:
+    pred, target = torch.randn(2, 4, 12), torch.randn(2, 4, 12)
+    mask = torch.tensor([[1.0, 0, 1, 0], [0, 0, 1, float("nan")]])
+    with pytest.raises(ValueError, match="finite, non-negative"):
+        reconstruction_loss(pred, target, mask)
+    with pytest.raises(ValueError, match="finite, non-negative"):
+        reconstruction_loss(pred, target, -torch.ones(2, 4))
+    loss = reconstruction_loss(pred, target, torch.ones(2, 4, dtype=torch.float64))
+    assert loss.dtype == pred.dtype
+
+
+def test_patch_targets_name_bad_arguments() -> None:
+    images = torch.randn(2, 1, 16, 16)
+    with pytest.raises(ValueError, match="patch_size must be an int >= 1"):
+        patch_targets(images, 0)
+    with pytest.raises(ValueError, match="patch_size must be an int >= 1"):
+        patch_targets(images, -8)
+    with pytest.raises(ValueError, match=r"images must be \(B, C, H, W\)"):
+        patch_targets(images[0], 8)
+    with pytest.raises(ValueError, match="at least 2 values per patch"):
+        patch_targets(images, 1, norm_pix=True)
+    assert torch.equal(patch_targets(images, 1), patchify(images, 1))
+
+
+def test_scatter_refuses_repeated_or_out_of_range_patches() -> None:
+    values = torch.randn(2, 2, 3)
+    with pytest.raises(ValueError, match="repeats a patch index"):
+        scatter_tokens(values, torch.tensor([[1, 1], [0, 2]]), 4)
+    with pytest.raises(ValueError, match=r"must lie in \[0, 4\).* from -1 to 2"):
+        scatter_tokens(values, torch.tensor([[1, -1], [0, 2]]), 4)
+    with pytest.raises(ValueError, match=r"must lie in \[0, 4\).* from 0 to 4"):
+        scatter_tokens(values, torch.tensor([[1, 3], [0, 4]]), 4)
+
+
+def test_targets_and_head_are_checked() -> None:
+    images, _, split = tiny_batch()
+    for weight in (0.0, 0.1):
+        with pytest.raises(ValueError, match=r"targets must lie in \[0, 3\).* 0 to 5"):
+            tiny_mae(cls_loss_weight=weight)(images, torch.tensor([0, 5, 1]), split)
+        with pytest.raises(ValueError, match=r"targets must be \(3,\) integer class indices"):
+            tiny_mae(cls_loss_weight=weight)(images, torch.tensor([0, 1]), split)
+    with pytest.raises(ValueError, match="num_classes >= 1"):
+        MaskedAutoencoder(encoder=tiny_encoder(num_classes=0))
+    with pytest.raises(ValueError, match="finite and >= 0"):
+        MaskedAutoencoder(encoder=tiny_encoder(), cls_loss_weight=float("inf"))

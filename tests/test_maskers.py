@@ -69,13 +69,16 @@ def test_bad_weight_values_raise_on_cpu(bad_value: float, message: str) -> None:
         SAMMasker()(3, 16, weights)
 
 
-def test_finite_weights_beyond_float32_are_named_as_such() -> None:
-    weights = torch.rand(3, 16, dtype=torch.float64)
-    weights[2, 3] = 1e39  # finite in float64, Inf once sampled in float32
-    with pytest.raises(ValueError, match="exceed float32's range"):
-        SAMMasker()(3, 16, weights)
-    split = SAMMasker()(3, 16, weights / 1e39)  # rescaled, fine
-    assert split.visible.shape == (3, 4)
+@pytest.mark.parametrize("scale", [1.0, 1e-300, 1e-310, 1e300])
+def test_float64_weights_keep_their_relative_size_at_any_scale(scale: float) -> None:
+    # Multiplying a sample's weights by a constant changes nothing, also where the scaled
+    # values underflow (1e-300, subnormal 1e-310) or overflow (1e300) float32.
+    weights = torch.tensor([[1.0, 1000.0]], dtype=torch.float64).expand(4000, 2) * scale
+    split = SAMMasker(0.5, 0.0)(4000, 2, weights, generator=torch.Generator().manual_seed(0))
+    heavy_masked = (split.masked[:, 0] == 1).double().mean().item()
+    expected = 1000 / 1001
+    sigma = (expected * (1 - expected) / 4000) ** 0.5
+    assert abs(heavy_masked - expected) < 6 * sigma + 1e-3
 
 
 def test_value_check_can_be_switched_off() -> None:
@@ -173,3 +176,22 @@ def test_tokens_of_the_wrong_shape_are_refused_not_shifted() -> None:
         split.gather_visible(torch.randn(3, 16, 8))
     with pytest.raises(ValueError, match="the same B"):
         gather_tokens(torch.randn(3, 16, 8), split.visible)
+
+
+def test_gather_refuses_indices_that_would_read_another_sample() -> None:
+    # Out-of-range indices used to read the neighbouring sample's row of the flat batch.
+    tokens = torch.randn(2, 16, 8)
+    with pytest.raises(ValueError, match=r"must lie in \[0, 16\).* from 0 to 16"):
+        gather_tokens(tokens, torch.tensor([[16, 0], [0, 0]]))
+    with pytest.raises(ValueError, match=r"from -1 to 3"):
+        gather_tokens(tokens, torch.tensor([[3, -1], [0, 0]]))
+    split = RandomMasker(0.5)(2, 16)
+    with pytest.raises(TypeError, match="integer patch indices.*split.visible"):
+        gather_tokens(tokens, split.is_visible())
+    with pytest.raises(TypeError, match="integer patch indices"):
+        gather_tokens(tokens, split.visible.float())
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        gather_tokens(tokens.tolist(), split.visible)
+    with pytest.raises(TypeError, match="torch.dtype"):
+        split.loss_mask("float")
+    assert torch.equal(gather_tokens(tokens, split.visible.int()), split.gather_visible(tokens))

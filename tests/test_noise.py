@@ -11,6 +11,7 @@ from maskkit.functional import split_counts
 from maskkit.maskers import SAMMasker
 from maskkit.noise import (
     DEFAULT_BAND,
+    MIN_CUTOFF,
     NOISE_COLORS,
     NoisePatternMasker,
     _filtered_noise,
@@ -169,6 +170,37 @@ def test_options_are_checked() -> None:
     with pytest.raises(ValueError, match="not a square"):
         NoisePatternMasker()(2, 50)
     assert "color='green'" in repr(NoisePatternMasker())
+
+
+@pytest.mark.parametrize("color", ["white", "green"])
+def test_color_noise_rejects_a_single_cell(color: str) -> None:
+    # One value has no variance: standardising it would give NaN.
+    with pytest.raises(ValueError, match=r"grid=\(1, 1\) has a single cell.*at least 2 cells"):
+        color_noise(2, (1, 1), color=color)  # type: ignore[arg-type]
+    noise = color_noise(2, (1, 2), color=color)  # type: ignore[arg-type]
+    assert torch.isfinite(noise).all()
+
+
+def test_noise_filter_rejects_unknown_colours() -> None:
+    colours = r"\('white', 'red', 'blue', 'green', 'purple'\)"
+    with pytest.raises(ValueError, match=rf"color must be one of {colours}, got 'teal'"):
+        noise_filter(torch.linspace(0, 0.5, 8), "teal")  # type: ignore[arg-type]
+
+
+def test_band_low_cut_off_is_bounded_for_memory() -> None:
+    # The field is max(gh, gw) + ceil(0.5 / low) patches square: 1e-6 would take terabytes.
+    message = (
+        r"band=\(1e-06, 0.25\) has a low cut-off below 0.01 cycles per patch: .* "
+        r"max\(gh, gw\) \+ 500000 patches per sample, so memory grows as 1 / low\^2.*"
+        r"pass low in \[0.01, high\)"
+    )
+    with pytest.raises(ValueError, match=message):
+        NoisePatternMasker(band=(1e-6, 0.25))
+    for call in (color_noise, noise_pattern_weights):
+        with pytest.raises(ValueError, match="low cut-off below 0.01"):
+            call(2, (4, 4), band=(0.005, 0.25))
+    # The bound itself is allowed: a 50-patch margin.
+    assert NoisePatternMasker(band=(MIN_CUTOFF, 0.25))(2, 16).masked.shape == (2, 12)
 
 
 @pytest.mark.slow

@@ -380,3 +380,204 @@ def test_transparent_images_are_composited_on_black(tmp_path: Path) -> None:
     write_png16(tmp_path / "rgba16.png", deep, color_type=6)
     high_byte = (deep >> 8).astype(np.uint8)
     assert np.array_equal(np.asarray(load_rgb(str(tmp_path / "rgba16.png"))), on_black(high_byte))
+
+
+# ------------------------------------------------ bad data refused by name (probe findings)
+
+
+def _two_splits(root: Path, classes: dict[str, int], val: dict[str, int]) -> None:
+    rng = np.random.default_rng(7)
+    for split, counts in (("train", classes), ("val", val)):
+        for name, count in counts.items():
+            for k in range(count):
+                write_image(root / split / name / f"{name}{k}.png", rng)
+
+
+def test_a_single_class_is_refused_unless_the_labels_go_unused(tmp_path: Path) -> None:
+    # Probe D03/D04: one class gave 100% top-1 and a cross-entropy of 0.
+    _two_splits(tmp_path, {"nevus": 3}, {"nevus": 1})
+    with pytest.raises(ValueError, match=r"train holds a single class, \['nevus'\]"):
+        build_datasets(data_args(tmp_path))
+    with pytest.raises(ValueError, match="single class"):  # SAM pre-training, λ > 0
+        build_datasets(data_args(tmp_path, cls_loss_weight=0.1), test=False)
+    # MAE / AMT pre-training (λ = 0) reads no label: one folder of images is fine.
+    assert len(build_datasets(data_args(tmp_path, cls_loss_weight=0.0)).train) == 3
+    (tmp_path / "t.csv").write_text("id,y\nnevus0,nv\nnevus1,nv\n")
+    (tmp_path / "v.csv").write_text("id,y\nnevus2,nv\n")
+    tables = dict(csv_train=str(tmp_path / "t.csv"), csv_val=str(tmp_path / "v.csv"))
+    columns = dict(id_column="id", label_column="y", image_ext=".png")
+    args = data_args(tmp_path, data="csv", image_dir=[str(tmp_path / "train/nevus")], **tables)
+    with pytest.raises(ValueError, match=r"t\.csv holds a single class, \['nv'\]"):
+        build_datasets(argparse.Namespace(**vars(args), **columns))
+
+
+@pytest.mark.parametrize("cache_images", [False, True])
+def test_skip_corrupt_may_not_empty_a_training_class_or_a_split(
+    tmp_path: Path, cache_images: bool
+) -> None:
+    # Probe D14/D15: every training image of a class, or the whole val split, skipped
+    # with per-file warnings only ("val top-1 0.00%").
+    _two_splits(tmp_path, {"a": 2, "b": 2}, {"a": 1, "b": 1})
+    args = data_args(tmp_path, skip_corrupt=True, cache_images=cache_images)
+    for k in range(2):
+        corrupt(tmp_path / f"train/a/a{k}.png", "garbage")
+    with (
+        pytest.warns(UserWarning),
+        pytest.raises(
+            ValueError,
+            match=r"every image of class 'a' \(2 unreadable\) in the train split .*train\)",
+        ),
+    ):
+        build_datasets(args)
+    _two_splits(tmp_path, {"a": 2}, {})  # repaired
+    for name in ("a", "b"):
+        corrupt(tmp_path / f"val/{name}/{name}0.png", "garbage")
+    with (
+        pytest.warns(UserWarning),
+        pytest.raises(ValueError, match=r"skipped all 2 images of the val split"),
+    ):
+        build_datasets(args)
+    _two_splits(tmp_path, {}, {"a": 1, "b": 1})
+    write_image(tmp_path / "test/b/t.png", np.random.default_rng(0))
+    corrupt(tmp_path / "test/b/t.png", "truncated")
+    with pytest.warns(UserWarning), pytest.raises(ValueError, match="all 1 images of the test"):
+        build_datasets(args)
+    # A validation class may lose its images (val may lack a class): only warned.
+    (tmp_path / "test/b/t.png").unlink()
+    write_image(tmp_path / "test/b/t.png", np.random.default_rng(0))
+    corrupt(tmp_path / "val/b/b0.png", "garbage")
+    with pytest.warns(UserWarning, match=r"b0\.png"):
+        splits = build_datasets(args)
+    assert len(splits.val) == 1 and splits.skipped_files["val"] == [str(tmp_path / "val/b/b0.png")]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("id,y\na,x\nb,x\na,x\n", r"lists 1 image\(s\) on two rows, .*a\.png: lines 2 and 4"),
+        ("id,y\na,x\nb,x\na.png,x\n", r"a\.png: lines 2 and 4"),  # one file, two ids
+        (
+            "id,y\na,nv\nb,nv\n\na,mel\n",
+            r"disagree on the label, .*a\.png: line 2 'nv', line 5 'mel'",
+        ),
+    ],
+)
+def test_csv_repeated_or_conflicting_rows_are_refused(
+    csv_case: Path, text: str, message: str
+) -> None:
+    # Probe D24/D25: a repeated row trained twice; one image labelled nv and mel.
+    with pytest.raises(ValueError, match=message):
+        make_csv(csv_case, text)
+
+
+def test_a_file_in_two_splits_is_refused(tmp_path: Path) -> None:
+    # Probe D42/D43: the training table given as --csv_val; val/ the same files as train/.
+    _two_splits(tmp_path, {"a": 2, "b": 2}, {})
+    (tmp_path / "t.csv").write_text("id,y\na0,a\nb0,b\na1,a\n")
+    (tmp_path / "v.csv").write_text("id,y\nb1,b\na1,a\n")
+    csv_args = dict(data="csv", image_dir=[str(tmp_path / "train/a"), str(tmp_path / "train/b")])
+    csv_args.update(id_column="id", label_column="y", image_ext=".png", csv_test=None)
+    args = data_args(tmp_path, **csv_args, csv_train=str(tmp_path / "t.csv"))
+    args.csv_val = str(tmp_path / "v.csv")
+    with pytest.raises(
+        ValueError, match=r"1 file\(s\) are in both the train and the val split.*a1"
+    ):
+        build_datasets(args)
+    args.csv_val = args.csv_train
+    with pytest.raises(ValueError, match=r"3 file\(s\) are in both the train and the val split"):
+        build_datasets(args)
+    for name in ("a", "b"):  # val/<class> links to train/<class>: the same files
+        (tmp_path / "val").mkdir(exist_ok=True)
+        (tmp_path / "val" / name).symlink_to(tmp_path / "train" / name)
+    with pytest.raises(ValueError, match=r"4 file\(s\) are in both the train and the val split"):
+        build_datasets(data_args(tmp_path))
+    for name in ("a", "b"):  # hard links: other paths, the same files
+        (tmp_path / "val" / name).unlink()
+        (tmp_path / "val" / name).mkdir()
+        for image in (tmp_path / "train" / name).iterdir():
+            (tmp_path / "val" / name / image.name).hardlink_to(image)
+    with pytest.raises(ValueError, match=r"4 file\(s\) are in both the train and the val split"):
+        build_datasets(data_args(tmp_path))
+
+
+def test_sixteen_bit_grey_alpha_png_is_refused(tmp_path: Path) -> None:
+    # Probe D16: Pillow reads 16-bit grey + alpha as RGBA of the high byte: 0..4095 became
+    # 0..15, bypassing the bit-depth scaling of 16-bit grey.
+    grey = np.tile(np.linspace(0, 4095, 16).astype(np.uint16), (4, 1))
+    write_png16(tmp_path / "la16.png", np.dstack([grey, np.full_like(grey, 65535)]), 4)
+    with Image.open(tmp_path / "la16.png") as raw:
+        assert raw.mode == "RGBA" and int(np.asarray(raw)[..., 0].max()) == 15
+    with pytest.raises(UnreadableImageError, match=r"la16\.png: 16-bit grey\+alpha PNG.*alpha"):
+        load_rgb(str(tmp_path / "la16.png"))
+    write_png16(tmp_path / "grey16.png", grey, 0)  # the fix the message gives: no alpha
+    assert int(as_tensor(load_rgb(str(tmp_path / "grey16.png"))).max()) == 255
+
+
+@pytest.mark.parametrize(
+    ("labels", "message"),
+    [
+        (("0", "999999"), r"line 3: label 999999 makes 1000000 classes .* only 2 of them"),
+        (("20", "0"), r"line 2: label 20 makes 21 classes"),
+    ],
+)
+def test_sparse_integer_labels_are_refused(
+    csv_case: Path, labels: tuple[str, str], message: str
+) -> None:
+    # Probe E03: one label 999999 made 10^6 classes and an 8 TB allocation.
+    with pytest.raises(ValueError, match=message):
+        make_csv(csv_case, f"id,y\na,{labels[0]}\nb,{labels[1]}\n")
+
+
+def test_integer_labels_with_gaps_stay_class_indices(csv_case: Path) -> None:
+    assert make_csv(csv_case, "id,y\na,0\nb,4\n").classes == [str(k) for k in range(5)]
+    # Over 16 classes, half of them occurring is enough.
+    write_image(csv_case / "img/c.png", np.random.default_rng(0))
+    rows = "".join(f"{n},{k}\n" for n, k in (("a", 0), ("b", 1), ("c", 3)))
+    assert len(make_csv(csv_case, "id,y\n" + rows).classes) == 4
+
+
+@pytest.mark.parametrize(
+    ("encoding", "advice"),
+    [("utf-16", "iconv -f UTF-16 -t UTF-8"), ("utf-32", "iconv -f UTF-32 -t UTF-8")],
+)
+def test_csv_with_a_utf16_or_utf32_byte_order_mark_gets_its_own_advice(
+    csv_case: Path, encoding: str, advice: str
+) -> None:
+    # Probe D36: a UTF-16 table was told to convert from Latin-1.
+    (csv_case / "t.csv").write_bytes("id,y\na,x\nb,z\n".encode(encoding))
+    with pytest.raises(ValueError, match=rf"t\.csv is not UTF-8 text but .*{advice}") as caught:
+        CsvImageDataset(csv_case / "t.csv", csv_case / "img", id_column="id", label_column="y")
+    assert "latin1" not in str(caught.value)
+    (csv_case / "t.csv").write_bytes("id,y\na,x\nb,z\n".encode("utf-16-le"))  # no mark
+    with pytest.raises(ValueError, match="NUL characters.*UTF-16"):
+        CsvImageDataset(csv_case / "t.csv", csv_case / "img", id_column="id", label_column="y")
+    (csv_case / "t.csv").write_bytes("id,y\na,x\nb,z\n".encode("utf-8-sig"))  # UTF-8's mark
+    assert make_csv(csv_case, (csv_case / "t.csv").read_text("utf-8-sig")).targets == [0, 1]
+
+
+@pytest.mark.parametrize("text", ["", "\n  \n"])
+def test_an_empty_csv_file_is_called_empty(csv_case: Path, text: str) -> None:
+    # Probe D31: a zero-byte table was reported as "its columns are None".
+    with pytest.raises(ValueError, match=r"t\.csv is empty: .*header row .*\['id', 'y'\]"):
+        make_csv(csv_case, text)
+
+
+def test_an_empty_class_folder_names_the_split_folder_and_the_class(tmp_path: Path) -> None:
+    # Probe D05: torchvision's "Found no valid file for the classes c" named no folder.
+    _two_splits(tmp_path, {"a": 1, "b": 1}, {"a": 1})
+    (tmp_path / "val/c").mkdir()
+    (tmp_path / "val/c/notes.txt").write_text("no image")
+    with pytest.raises(ValueError, match=rf"\['c'\] of the split folder {tmp_path / 'val'} hold"):
+        build_datasets(data_args(tmp_path))
+    with pytest.raises(FileNotFoundError, match="does not exist"):  # still torchvision's type
+        image_folder(tmp_path / "test")
+
+
+def test_skip_corrupt_warnings_do_not_advise_skip_corrupt(folder) -> None:
+    # Probe finding 12: with --skip_corrupt on, no message may advise passing it.
+    root, _ = folder
+    write_image(root / "val/benign/v.png", np.random.default_rng(3))
+    corrupt(root / "train/melanoma/b.png", "garbage")
+    with pytest.warns(UserWarning) as caught:
+        build_datasets(data_args(root, skip_corrupt=True))
+    assert caught and not [w for w in caught if "--skip_corrupt" in str(w.message)]

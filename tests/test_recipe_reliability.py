@@ -28,8 +28,9 @@ sys.path.insert(0, str(EXAMPLES))
 
 import main_finetune  # noqa: E402
 import main_pretrain  # noqa: E402
+import main_segment  # noqa: E402
 from msmae_util import outputs, runs  # noqa: E402
-from msmae_util.runtime import cosine_scheduler  # noqa: E402
+from msmae_util.runtime import UsageError, cosine_scheduler  # noqa: E402
 
 TINY = ["--model", "vit_micro_patch8_64", "--input_size", "32", "--device", "cpu"]
 TINY_DATA = ["--num_train", "32", "--num_val", "16", "--batch_size", "8", "--no_progress"]
@@ -626,3 +627,341 @@ def test_run_main_turns_a_full_disk_into_one_line(tmp_path: Path) -> None:
 
     with pytest.raises(PermissionError):
         runs.run_main(other, argparse.Namespace(output_dir=str(tmp_path)))
+
+
+# ------------------------------------------- 14: bad option values, refused at parsing
+
+SCRIPTS = {"pretrain": main_pretrain, "finetune": main_finetune, "segment": main_segment}
+
+
+def segment_args(out: Path, *extra: str) -> argparse.Namespace:
+    argv = [*TINY, "--num_train", "16", "--num_val", "8", "--num_test", "8", "--batch_size", "8"]
+    argv += ["--decoder_channels", "16", "--num_workers", "0", "--no_progress"]
+    return main_segment.get_args_parser().parse_args([*argv, "--output_dir", str(out), *extra])
+
+
+RECIPE_ARGS = {"pretrain": pretrain_args, "finetune": finetune_args, "segment": segment_args}
+
+
+@pytest.fixture
+def nothing_built(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail the test if any of the three recipes gets as far as reading its data."""
+
+    def built(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("the recipe read its data before refusing")
+
+    monkeypatch.setattr(main_pretrain, "build_datasets", built)
+    monkeypatch.setattr(main_finetune, "build_datasets", built)
+    monkeypatch.setattr(main_segment, "build_segmentation_data", built)
+
+
+def refused_at_parsing(script: str, *argv: str, capsys: pytest.CaptureFixture[str]) -> str:
+    """The argparse error line of ``script``'s parser for ``argv``."""
+    with pytest.raises(SystemExit) as caught:
+        SCRIPTS[script].get_args_parser().parse_args(list(argv))
+    assert caught.value.code == 2
+    return capsys.readouterr().err.strip().splitlines()[-1]
+
+
+SHARED_BAD = [
+    # Negative clipping multiplied the gradients by a negative factor: gradient ascent.
+    ("--clip_grad", "-1", "> 0"),
+    ("--clip_grad", "nan", "> 0"),
+    ("--clip_grad", "0", "> 0"),  # zeroes every gradient
+    ("--weight_decay", "-1", ">= 0"),
+    ("--weight_decay", "nan", ">= 0"),
+    ("--min_lr", "-0.5", ">= 0"),
+    ("--lr", "-1", "> 0"),
+    ("--lr", "nan", "> 0"),
+    ("--epochs", "0", "int >= 1"),
+    ("--epochs", "-1", "int >= 1"),
+    ("--warmup_epochs", "-1", "int >= 0"),
+    ("--batch_size", "0", "int >= 1"),
+    ("--input_size", "0", "int >= 1"),
+    ("--seed", "-1", "int >= 0"),
+]
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+@pytest.mark.parametrize(("option", "value", "need"), SHARED_BAD)
+def test_shared_options_out_of_range_are_refused_at_parsing(
+    script: str, option: str, value: str, need: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    line = refused_at_parsing(script, option, value, capsys=capsys)
+    assert f"argument {option}: " in line and need in line and line.endswith(f"got {value}")
+
+
+@pytest.mark.parametrize(
+    ("script", "option", "value", "need"),
+    [
+        # argparse reads "--blr -1e-3" as two options; "--blr=-1e-3" reaches our type.
+        ("pretrain", "--blr=-1e-3", None, "> 0"),
+        ("finetune", "--blr=-1e-3", None, "> 0"),
+        ("pretrain", "--blr", "inf", "> 0"),
+        ("pretrain", "--cls_loss_weight", "-1", ">= 0"),
+        ("pretrain", "--mask_warmup_epochs", "-1", "int >= 0"),
+        ("pretrain", "--refresh_every", "0", "int >= 1"),
+        ("pretrain", "--decoder_num_heads", "0", "int >= 1"),
+        ("pretrain", "--decoder_embed_dim", "0", "int >= 1"),
+        ("pretrain", "--decoder_depth", "-1", "int >= 0"),
+        ("finetune", "--refresh_every", "0", "int >= 1"),
+        ("finetune", "--cls_head_weight", "-1", ">= 0"),
+        ("finetune", "--cls_head_weight", "nan", ">= 0"),
+        ("finetune", "--layer_decay", "-1", "(0, 1]"),  # timm froze every other block
+        ("finetune", "--layer_decay", "0", "(0, 1]"),
+        ("finetune", "--layer_decay", "1.5", "(0, 1]"),
+        ("finetune", "--smoothing", "-0.5", "[0, 1)"),  # torch ignored it: no smoothing
+        ("finetune", "--smoothing", "nan", "[0, 1)"),
+        ("finetune", "--smoothing", "1", "[0, 1)"),
+        ("finetune", "--drop_path", "1.5", "[0, 1)"),
+        ("segment", "--drop_path", "2", "[0, 1)"),
+        ("segment", "--decoder_channels", "0", "int >= 1"),
+        ("segment", "--num_train", "0", "int >= 1"),
+        ("segment", "--num_val", "0", "int >= 1"),
+        ("segment", "--num_test", "0", "int >= 1"),
+        ("segment", "--bce_weight", "nan", ">= 0"),
+        ("segment", "--num_overlays", "-1", "int >= 0"),
+        ("segment", "--num_mask_classes", "1", "int >= 2"),
+        ("segment", "--split_seed", "-1", "int >= 0"),
+    ],
+)
+def test_recipe_options_out_of_range_are_refused_at_parsing(
+    script: str, option: str, value: str | None, need: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = [option] if value is None else [option, value]
+    line = refused_at_parsing(script, *argv, capsys=capsys)
+    name, _, given = option.partition("=")
+    assert f"argument {name}: " in line and need in line
+    assert line.endswith(f"got {value if value is not None else given}")
+
+
+@pytest.mark.parametrize("value", ["1.5", "nan", "0"])
+def test_crop_min_scale_states_the_range_it_takes(
+    value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    line = refused_at_parsing("pretrain", "--crop_min_scale", value, capsys=capsys)
+    assert f"must lie in (0, 1], got {value}" in line
+
+
+def test_an_unparsable_value_names_the_range(capsys: pytest.CaptureFixture[str]) -> None:
+    line = refused_at_parsing("finetune", "--epochs", "abc", capsys=capsys)
+    assert line.endswith("argument --epochs: the value must be an int >= 1, got abc")
+
+
+def test_boundary_values_are_accepted() -> None:
+    argv = ["--layer_decay", "1", "--smoothing", "0", "--drop_path", "0", "--clip_grad", "1e-3"]
+    argv += ["--weight_decay", "0", "--min_lr", "0", "--warmup_epochs", "0", "--epochs", "1"]
+    args = main_finetune.get_args_parser().parse_args(argv)
+    assert (args.layer_decay, args.smoothing, args.drop_path) == (1.0, 0.0, 0.0)
+    assert (args.clip_grad, args.weight_decay, args.epochs) == (1e-3, 0.0, 1)
+    assert main_finetune.get_args_parser().parse_args([]).clip_grad is None  # no clipping
+
+
+# ------------------------------------------ 15: bad combinations, refused before building
+
+
+@pytest.mark.usefixtures("nothing_built")
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_a_warmup_longer_than_the_run_is_refused(tmp_path: Path, script: str) -> None:
+    # The lr never reached its peak; timm only warned that the cosine "will have no effect".
+    masker = {"pretrain": ("--masker", "random"), "finetune": ("--masker", "none")}
+    options = ("--epochs", "2", "--warmup_epochs", "5", *masker.get(script, ()))
+    with pytest.raises(UsageError, match=r"--warmup_epochs 5 exceeds --epochs 2"):
+        SCRIPTS[script].main(RECIPE_ARGS[script](tmp_path / "run", *options))
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.usefixtures("nothing_built")
+@pytest.mark.parametrize(
+    ("script", "options", "message"),
+    [
+        (
+            "pretrain",
+            ("--min_lr", "10"),
+            r"--min_lr 10 is above the peak lr, the lr 3\.125e-05 \(--blr 0\.001 \* "
+            r"effective batch 8 / 256\)",
+        ),
+        (
+            "finetune",
+            ("--min_lr", "1", "--lr", "0.5"),
+            r"--min_lr 1 is above the peak lr, --lr 0\.5",
+        ),
+        ("segment", ("--min_lr", "0.01", "--lr", "0.001"), r"--min_lr 0\.01 .* --lr 0\.001"),
+    ],
+)
+def test_a_cosine_floor_above_the_peak_lr_is_refused(
+    tmp_path: Path, script: str, options: tuple[str, ...], message: str
+) -> None:
+    with pytest.raises(UsageError, match=message):
+        SCRIPTS[script].main(RECIPE_ARGS[script](tmp_path / "run", *options))
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.usefixtures("nothing_built")
+@pytest.mark.parametrize(
+    ("script", "options", "message"),
+    [
+        ("pretrain", ("--data_path", "DIR"), r"--data_path is only read with --data imagefolder"),
+        ("finetune", ("--data_path", "DIR"), r"--data_path .* --data is synthetic"),
+        (
+            "finetune",
+            ("--data", "imagefolder", "--data_path", "D", "--csv_train", "t.csv"),
+            r"--csv_train is only read with --data csv, but --data is imagefolder",
+        ),
+        ("pretrain", ("--image_dir", "a", "b"), r"--image_dir is only read with --data csv"),
+        ("segment", ("--data_path", "DIR"), r"--data_path is only read with --data folder"),
+        ("segment", ("--csv_test", "t.csv"), r"--csv_test is only read with --data csv"),
+        (
+            "segment",
+            ("--data", "csv", "--num_mask_classes", "3"),
+            r"only read with --mask_mode multi",
+        ),
+    ],
+)
+def test_options_the_data_source_ignores_are_refused(
+    tmp_path: Path, script: str, options: tuple[str, ...], message: str
+) -> None:
+    with pytest.raises(UsageError, match=message):
+        SCRIPTS[script].main(RECIPE_ARGS[script](tmp_path, *options))
+
+
+@pytest.mark.parametrize("script", ["pretrain", "finetune"])
+@pytest.mark.parametrize(
+    ("option", "value", "need"),
+    [
+        ("--num_train", "0", "int >= 1"),
+        ("--num_val", "0", "int >= 1"),
+        ("--num_test", "-1", "int >= 0"),
+        ("--data_seed", "-1", "int >= 0"),  # maskkit's message named --seed
+        ("--num_workers", "-1", "int >= 0"),
+    ],
+)
+def test_data_counts_and_seeds_are_refused_by_their_own_name(
+    script: str, option: str, value: str, need: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    line = refused_at_parsing(script, option, value, capsys=capsys)
+    assert f"argument {option}: " in line and need in line and line.endswith(f"got {value}")
+
+
+@pytest.mark.usefixtures("nothing_built")
+def test_decoder_heads_must_divide_its_width(tmp_path: Path) -> None:
+    # timm's Attention asserted "dim should be divisible by num_heads", naming no option.
+    with pytest.raises(UsageError, match="--decoder_embed_dim 32 .* --decoder_num_heads 3"):
+        main_pretrain.main(pretrain_args(tmp_path, "--decoder_num_heads", "3"))
+
+
+@pytest.mark.usefixtures("nothing_built")
+def test_random_pretraining_names_the_sam_ratios_of_its_report(tmp_path: Path) -> None:
+    # --masker random still draws SAM splits for the val lesion hit-rate report.
+    options = ("--masker", "random", "--mask_ratio", "0.9", "--throw_ratio", "0.3")
+    with pytest.raises(UsageError, match=r"--mask_ratio 0\.9 \+ --throw_ratio 0\.3: .*below 1"):
+        main_pretrain.main(pretrain_args(tmp_path, *options))
+
+
+@pytest.mark.usefixtures("nothing_built")
+@pytest.mark.parametrize(
+    ("script", "option"),
+    [("pretrain", "--init"), ("finetune", "--finetune"), ("segment", "--finetune")],
+)
+def test_a_missing_initial_checkpoint_is_refused_first(
+    tmp_path: Path, script: str, option: str
+) -> None:
+    missing = tmp_path / "nope.pth"
+    with pytest.raises(UsageError, match=rf"^{option} {re.escape(str(missing))}: no such file$"):
+        SCRIPTS[script].main(RECIPE_ARGS[script](tmp_path / "run", option, str(missing)))
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.usefixtures("nothing_built")
+def test_an_unknown_device_names_the_option(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="--device tpu: "):
+        main_pretrain.main(pretrain_args(tmp_path, "--device", "tpu"))
+
+
+# ------------------------------------------------------------ 16: resume, model-only files
+
+
+@pytest.mark.usefixtures("nothing_built")
+def test_resuming_from_best_pth_says_it_holds_weights_only(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    best = run / "best.pth"
+    args = finetune_args(run)
+    selected = {"model": {"w": torch.zeros(1)}, "epoch": 1, "val": {}, "args": vars(args)}
+    outputs.save_checkpoint(best, {**selected, "script": "main_finetune.py"})
+    with pytest.raises(UsageError, match="model-only checkpoint") as caught:
+        main_finetune.main(finetune_args(run, "--resume", str(best)))
+    assert f"resume from {run / 'checkpoint.pth'}" in str(caught.value)
+
+
+def test_resume_refuses_fewer_epochs_than_trained() -> None:
+    # Stopped after epoch 1, resumed with --epochs 1 (allowed to change): it passed as a
+    # finished run, reporting the "final model (epoch 0)" with epoch 1's weights.
+    checkpoint = {"args": {"epochs": 3}, "rng": [{}], "epoch": 1}
+    now = argparse.Namespace(epochs=1, allow_changed_args=["epochs"], stop_after_epoch=None)
+    with pytest.raises(UsageError, match=r"--epochs 1: c\.pth has trained up to epoch 1"):
+        runs.check_resume_args(checkpoint, now, world_size=1, path="c.pth")
+    now.epochs = 2  # the run ends with the checkpoint's epoch: finished
+    assert runs.check_resume_args(checkpoint, now, world_size=1, path="c.pth") == {"epochs"}
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("no_building")
+def test_resume_with_fewer_epochs_than_trained_is_refused(finished: Path) -> None:
+    resume = ("--resume", str(finished / "checkpoint.pth"), "--allow_changed_args", "epochs")
+    args = pretrain_args(finished, *SCHEDULE[2:], "--epochs", "2", *resume)
+    with pytest.raises(UsageError, match="has trained up to epoch 2"):
+        main_pretrain.main(args)
+
+
+# ------------------------------------------------- 17: one line for the user's errors
+
+
+def test_run_main_prints_a_usage_error_as_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    def refuse(args: argparse.Namespace) -> None:
+        raise UsageError("--epochs 1: no good")
+
+    with pytest.raises(SystemExit) as caught:
+        runs.run_main(refuse, argparse.Namespace(output_dir="unused"))
+    assert caught.value.code == 2
+    assert capsys.readouterr().err == "error: --epochs 1: no good\n"
+
+    def bug(args: argparse.Namespace) -> None:
+        raise ValueError("a bug's own message")
+
+    with pytest.raises(ValueError, match="a bug's own message"):  # keeps its traceback
+        runs.run_main(bug, argparse.Namespace(output_dir="unused"))
+
+
+@pytest.mark.parametrize(
+    ("script", "options", "message"),
+    [
+        (
+            "main_pretrain.py",
+            ("--warmup_epochs", "5"),
+            "error: --warmup_epochs 5 exceeds --epochs 1",
+        ),
+        ("main_finetune.py", ("--finetune", "nope.pth"), "error: --finetune nope.pth: no "),
+        ("main_segment.py", ("--data_path", "DIR"), "error: --data_path is only read"),
+    ],
+)
+def test_scripts_end_a_refusal_without_a_traceback(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    script: str,
+    options: tuple[str, ...],
+    message: str,
+) -> None:
+    # Tiny settings: a regression would train for seconds, not minutes.
+    argv = [*TINY, "--num_train", "8", "--num_val", "8", "--num_test", "8", "--epochs", "1"]
+    argv += ["--num_workers", "0", "--batch_size", "8", "--no_progress"]
+    masker = {"main_pretrain.py": ["--masker", "random"], "main_finetune.py": ["--masker", "none"]}
+    argv += [*masker.get(script, []), "--output_dir", str(tmp_path / "run"), *options]
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", [script, *argv])
+    with pytest.raises(SystemExit) as caught:
+        runpy.run_path(str(EXAMPLES / script), run_name="__main__")
+    assert caught.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(message) and err.count("\n") == 1 and "Traceback" not in err

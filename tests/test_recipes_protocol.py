@@ -431,3 +431,27 @@ def test_continued_pretraining_and_finetuning_from_files(tmp_path: Path) -> None
     options = ("--epochs", "1", "--warmup_epochs", "0", "--finetune", str(tmp_path / "timm.pth"))
     summary = main_finetune.main(finetune_args(tmp_path / "ft", *options))
     assert summary["init"]["format"] == "timm" and summary["map_source"] == "pretrained"
+
+
+def test_initial_weights_with_nan_or_inf_are_refused_naming_the_tensor(tmp_path: Path) -> None:
+    # Probe I11: NaN weights in a --finetune file showed only as "loss is nan at epoch 0".
+    vit = create_vit("vit_micro_patch8_64", img_size=32, num_classes=3, global_pool="token")
+    state = {key: value.clone() for key, value in vit.state_dict().items()}
+    state["blocks.1.attn.qkv.weight"][0, 0] = float("nan")
+    state["blocks.0.mlp.fc1.bias"][3] = float("inf")  # an earlier key: the one named
+    torch.save({"model": state}, tmp_path / "nan.pth")
+    for option in ("--finetune", "--init"):
+        with pytest.raises(
+            ValueError, match=rf"{option} .*nan\.pth: tensor 'model\.blocks\.0\.mlp\.fc1\.bias'"
+        ):
+            read_init_weights(tmp_path / "nan.pth", option=option)
+    # main_segment.py reads its --finetune checkpoint with load_checkpoint directly.
+    outputs.save_checkpoint(tmp_path / "pre.pth", {"model": state, "script": "main_pretrain.py"})
+    with pytest.raises(ValueError, match=r"NaN or infinite"):
+        outputs.load_checkpoint(
+            tmp_path / "pre.pth", expect="main_pretrain.py", option="--finetune"
+        )
+    # Finite weights load; a resumed checkpoint is the run's own and is not scanned.
+    torch.save(vit.state_dict(), tmp_path / "ok.pth")
+    assert read_init_weights(tmp_path / "ok.pth", option="--finetune")[1] == "timm"
+    assert "model" in outputs.load_checkpoint(tmp_path / "pre.pth")

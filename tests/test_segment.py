@@ -570,3 +570,154 @@ def test_torchrun_two_cpu_processes(tmp_path: Path) -> None:
     assert summary["best"]["test"]["num_images"] == 15
     assert [r["epoch"] for r in read_log(tmp_path / "log.jsonl")] == [0, 1]
     assert len(outputs.load_checkpoint(tmp_path / "checkpoint.pth")["rng"]) == 2
+
+
+# ------------------------------------------------ bad data refused by name (probe findings)
+
+
+def _mask_file(path: Path, mask: np.ndarray, **options: Any) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(mask).save(path, **options)
+    return str(path)
+
+
+def test_binary_masks_are_lesion_at_half_their_value_range(tmp_path: Path) -> None:
+    # Probe S08: "nonzero is lesion" counted a JPEG mask's compression noise as lesion.
+    truth = np.zeros((32, 32), np.uint8)
+    truth[5:18, 7:20] = 255
+    jpeg = _mask_file(tmp_path / "m.jpg", truth, quality=75)
+    with Image.open(jpeg) as raw:
+        noisy = np.asarray(raw)
+    assert (noisy > 0).mean() > 1.5 * (truth > 0).mean()  # the noise the old rule took in
+    assert np.array_equal(segment_data.load_mask(jpeg, raw=False), truth > 0)
+    # BUSI's 0/255 PNGs read as before, and so do masks of 0s and 1s, 1-bit and 16-bit.
+    for name, mask in {
+        "busi.png": truth,
+        "ones.png": truth // 255,
+        "deep.png": truth.astype(np.uint16) * 257,  # 0 / 65535
+        "twelve.png": (truth > 0).astype(np.uint16) * 4095,
+    }.items():
+        assert np.array_equal(
+            segment_data.load_mask(_mask_file(tmp_path / name, mask), raw=False), truth > 0
+        )
+    bilevel = _mask_file(tmp_path / "bilevel.png", truth > 0)
+    assert np.array_equal(segment_data.load_mask(bilevel, raw=False), truth > 0)
+    # 16-bit noise below half the range is not lesion: 0..4095 with the lesion at 4095.
+    deep = (truth > 0).astype(np.uint16) * 4095 + 100
+    assert np.array_equal(
+        segment_data.load_mask(_mask_file(tmp_path / "d.png", deep), raw=False), truth > 0
+    )
+    # Values that never reach half the range are refused rather than guessed.
+    labels = _mask_file(tmp_path / "labels.png", (truth > 0).astype(np.uint8) * 3)
+    with pytest.raises(segment_data.BadPairError, match=r"labels\.png holds values \[0, 3\]"):
+        segment_data.load_mask(labels, raw=False)
+
+
+def test_class_index_masks_name_their_stray_values(tmp_path: Path) -> None:
+    _png(tmp_path / "a.png", np.zeros((4, 4, 3), np.uint8))
+    mask = np.array([[0, 1, 2, 7]] * 4, np.uint8)
+    pair = segment_data.PairFiles(
+        str(tmp_path / "a.png"), (_mask_file(tmp_path / "a_mask.png", mask),), 0, None
+    )
+    with pytest.raises(
+        segment_data.BadPairError, match=r"a_mask\.png holds values \[7\] that are no class index"
+    ):
+        segment_data.MaskPairs([pair], num_classes=3)[0]
+
+
+def _csv_pairs(root: Path, count: int) -> list[str]:
+    rng = np.random.default_rng(2)
+    rows = []
+    for k in range(count):
+        _png(root / "img" / f"{k}.png", rng.integers(0, 256, (12, 12, 3), np.uint8))
+        mask = np.zeros((12, 12), np.uint8)
+        mask[2:6, 2:6] = 255
+        _png(root / "img" / f"{k}_mask.png", mask)
+        rows.append(f"img/{k}.png,img/{k}_mask.png")
+    return rows
+
+
+def test_csv_tables_are_read_as_the_classification_tables_are(tmp_path: Path) -> None:
+    # Probe S25: a Latin-1 table raised a bare UnicodeDecodeError without the file name.
+    rows = _csv_pairs(tmp_path, 2)
+    (tmp_path / "t.csv").write_bytes(
+        ("image,mask,note\n" + f"{rows[0]},gr\u00fcn\n").encode("latin-1")
+    )
+    with pytest.raises(ValueError, match=r"t\.csv is not UTF-8 text .*iconv -f latin1"):
+        segment_data.read_csv_pairs(tmp_path / "t.csv")
+    (tmp_path / "t.csv").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"t\.csv is empty"):
+        segment_data.read_csv_pairs(tmp_path / "t.csv")
+
+
+def test_csv_repeated_rows_and_images_in_two_splits_are_refused(tmp_path: Path) -> None:
+    # Probe S22/S23: repeated rows trained twice; rows of val.csv also in train.csv.
+    rows = _csv_pairs(tmp_path, 6)
+    (tmp_path / "train.csv").write_text("image,mask\n" + "\n".join([*rows[:4], rows[1]]) + "\n")
+    with pytest.raises(ValueError, match=r"1 image\(s\) on two rows, .*1\.png: lines 3 and 6"):
+        segment_data.read_csv_pairs(tmp_path / "train.csv")
+    (tmp_path / "train.csv").write_text("image,mask\n" + "\n".join(rows[:4]) + "\n")
+    (tmp_path / "val.csv").write_text("image,mask\n" + "\n".join(rows[3:5]) + "\n")
+    (tmp_path / "test.csv").write_text("image,mask\n" + rows[5] + "\n")
+    tables = {f"csv_{s}": str(tmp_path / f"{s}.csv") for s in ("train", "val", "test")}
+    with pytest.raises(ValueError, match=r"1 file\(s\) are in both the train and the val split"):
+        segment_data.build_segmentation_data(data_args(data="csv", **tables))
+
+
+def test_folder_splits_sharing_an_image_are_refused(tmp_path: Path) -> None:
+    for split in ("train", "val", "test"):
+        _busi(tmp_path / split)
+    shared = tmp_path / "test" / "benign" / "benign (1).png"
+    shared.unlink()
+    shared.symlink_to(tmp_path / "train" / "benign" / "benign (1).png")
+    with pytest.raises(ValueError, match=r"in both the train and the test split.*benign \(1\)"):
+        segment_data.build_segmentation_data(data_args(data="folder", data_path=str(tmp_path)))
+
+
+@pytest.mark.parametrize("name", ["val", "test"])
+def test_a_zero_fraction_names_the_option(tmp_path: Path, name: str) -> None:
+    # Probe S29: --test_fraction 0 passed the option check, then "test split is empty".
+    _busi(tmp_path)
+    args = data_args(data="folder", data_path=str(tmp_path), **{f"{name}_fraction": 0.0})
+    with pytest.raises(ValueError, match=rf"--{name}_fraction 0 carves no {name} split"):
+        segment_data.build_segmentation_data(args)
+
+
+def test_a_zero_fraction_is_fine_where_the_split_is_given(tmp_path: Path) -> None:
+    rows = _csv_pairs(tmp_path, 6)
+    (tmp_path / "train.csv").write_text("image,mask\n" + "\n".join(rows[:5]) + "\n")
+    (tmp_path / "test.csv").write_text("image,mask\n" + rows[5] + "\n")
+    tables = dict(csv_train=str(tmp_path / "train.csv"), csv_test=str(tmp_path / "test.csv"))
+    splits = segment_data.build_segmentation_data(
+        data_args(data="csv", test_fraction=0.0, val_fraction=0.2, **tables)
+    )
+    assert (len(splits.train), len(splits.val), len(splits.test)) == (4, 1, 1)
+
+
+def test_skip_corrupt_warnings_do_not_advise_it_and_may_not_empty_a_split(
+    tmp_path: Path,
+) -> None:
+    # Probe finding 12: with --skip_corrupt on, the warnings advised passing --skip_corrupt.
+    bad = _busi(tmp_path, broken=True)
+    _png(tmp_path / "benign" / "faint.png", np.zeros((20, 24, 3), np.uint8))
+    _png(tmp_path / "benign" / "faint_mask.png", np.full((20, 24), 3, np.uint8))
+    with pytest.warns(UserWarning) as caught:
+        splits = segment_data.build_segmentation_data(
+            data_args(data="folder", data_path=str(tmp_path), skip_corrupt=True)
+        )
+    messages = [str(w.message) for w in caught]
+    assert any(str(bad["corrupt"]) in m for m in messages)
+    assert any("faint_mask.png holds values [3]" in m for m in messages)
+    assert not [m for m in messages if "--skip_corrupt" in m]
+    assert "faint" not in json.dumps(splits.files)
+    # A split given on disk whose every pair is broken is refused, naming it.
+    for split in ("train", "val", "test"):
+        _busi(tmp_path / "splits" / split)
+    for path in (tmp_path / "splits" / "val").rglob("*).png"):
+        path.write_bytes(b"not a png")
+    args = data_args(data="folder", data_path=str(tmp_path / "splits"), skip_corrupt=True)
+    with (
+        pytest.warns(UserWarning),
+        pytest.raises(ValueError, match=r"--skip_corrupt skipped all 12 pairs of the val split"),
+    ):
+        segment_data.build_segmentation_data(args)

@@ -290,3 +290,74 @@ def test_indexed_dataset_appends_the_index() -> None:
     image, target, index = indexed[2]
     assert torch.equal(image, data[2][0]) and int(target) == 2 and index == 2
     assert IndexedDataset(["a", "b"])[1] == ("b", 1)  # type: ignore[arg-type]
+
+
+# ---- argument checks -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        # These reached comparisons and len() and failed there, without the argument's name.
+        ({"scale": "ab"}, TypeError, r"scale must be a pair \(lo, hi\) with 0 < lo <= hi <= 1"),
+        ({"scale": 0.5}, TypeError, r"scale must be a pair .*got float 0.5"),
+        ({"scale": (0.2, 0.5, 1.0)}, ValueError, r"scale must be a pair \(lo, hi\)"),
+        ({"scale": (0.2, float("nan"))}, ValueError, r"scale must be a pair .*finite"),
+        ({"ratio": "ab"}, TypeError, r"ratio must be a pair \(lo, hi\) with 0 < lo <= hi"),
+        ({"ratio": 1.0}, TypeError, r"ratio must be a pair .*got float 1.0"),
+        ({"ratio": (1.0, float("inf"))}, ValueError, r"ratio must be a pair .*finite"),
+        ({"hflip_prob": "0.5"}, TypeError, r"hflip_prob must be a float in \[0, 1\], got str"),
+        ({"hflip_prob": float("nan")}, ValueError, r"hflip_prob must lie in \[0, 1\]"),
+    ],
+)
+def test_crop_options_of_the_wrong_form_are_named(kwargs: dict, error: type, message: str) -> None:
+    with pytest.raises(error, match=message):
+        PairedRandomResizedCrop(32, **kwargs)
+
+
+def test_crop_ranges_may_be_lists_or_tensors() -> None:
+    crop = PairedRandomResizedCrop(8, scale=[0.25, 1], ratio=torch.tensor([0.5, 2.0]))
+    assert crop.scale == (0.25, 1.0) and crop.ratio == (0.5, 2.0)
+
+
+def test_generator_must_be_a_torch_generator() -> None:
+    # An int reached generator.get_state(): "'int' object has no attribute 'get_state'".
+    with pytest.raises(TypeError, match="generator must be a torch.Generator or None, got int 5"):
+        PairedRandomResizedCrop(16)(torch.rand(3, 32, 32), generator=5)  # type: ignore[arg-type]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_generator_must_be_on_the_cpu() -> None:
+    with pytest.raises(ValueError, match="generator must be a CPU torch.Generator"):
+        PairedRandomResizedCrop(16).sample((32, 32), generator=torch.Generator(device="cuda"))
+
+
+def test_apply_refuses_params_drawn_for_another_image_size() -> None:
+    # The box of a 64 x 64 image on a 32 x 32 one gave a zero-padded crop, without an error.
+    crop = PairedRandomResizedCrop(16)
+    params = crop.sample((64, 64), generator=torch.Generator().manual_seed(0))
+    with pytest.raises(
+        ValueError, match=r"drawn for an image of size \(H, W\) = \(64, 64\), but the image is "
+    ):
+        crop.apply(torch.rand(3, 32, 32), params)
+    with pytest.raises(ValueError, match=r"but the image is \(64, 48\)"):
+        crop.apply(Image.new("RGB", (48, 64)), params)  # PIL sizes are (W, H)
+    with pytest.raises(TypeError, match="params must be a CropParams"):
+        crop.apply(torch.rand(3, 64, 64), tuple(params))  # type: ignore[arg-type]
+    assert crop.apply(torch.rand(3, 64, 64), params).shape == (3, 16, 16)
+
+
+def test_negative_index_is_the_sample_counted_from_the_end() -> None:
+    # [-1] reached numpy's SeedSequence ("expected non-negative integer").
+    crops = CropDataset(_random_dataset(5), PairedRandomResizedCrop(16), seed=3)
+    last, by_position = crops[-1], crops[4]
+    assert last[3] == 4  # the index returned reads the bank, which takes [0, N)
+    assert _same(last[:2], by_position[:2]) and last[2] == by_position[2]
+    assert torch.equal(crops.generator(-5).get_state(), crops.generator(0).get_state())
+    with pytest.raises(IndexError, match="index 5 is out of range for a dataset of 5 samples"):
+        crops[5]
+    with pytest.raises(IndexError, match="index -6 is out of range"):
+        crops[-6]
+    with pytest.raises(TypeError, match="index must be an int, got float"):
+        crops[1.0]  # type: ignore[index]
+    assert len(list(iter(crops))) == 5  # the sequence protocol stops on IndexError

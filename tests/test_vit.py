@@ -106,6 +106,13 @@ def test_visible_must_match_the_batch() -> None:
     model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32)
     with pytest.raises(ValueError, match="visible must be"):
         forward_features_visible(model, torch.randn(2, 3, 32, 32), torch.zeros(3, 2).long())
+    images = torch.randn(2, 3, 32, 32)
+    with pytest.raises(ValueError, match="repeats a patch index"):
+        forward_features_visible(model, images, torch.tensor([[1, 1], [0, 2]]))
+    with pytest.raises(ValueError, match=r"must lie in \[0, 4\)"):
+        forward_features_visible(model, images, torch.tensor([[1, 4], [0, 2]]))
+    with pytest.raises(TypeError, match="integer patch indices"):
+        forward_features_visible(model, images, torch.ones(2, 4, dtype=torch.bool))
 
 
 def test_keep_patch_tokens_keeps_prefix_first() -> None:
@@ -123,3 +130,10 @@ def test_patchify_round_trip_and_layout() -> None:
     assert torch.equal(unpatchify(patches, 4, (2, 3)), images)
     with pytest.raises(ValueError, match="multiple of patch_size"):
         patchify(torch.randn(1, 3, 10, 12), 4)
+
+
+def test_patchify_names_a_bad_patch_size() -> None:
+    with pytest.raises(ValueError, match="patch_size must be an int >= 1, got 0"):
+        patchify(torch.randn(1, 3, 8, 8), 0)
+    with pytest.raises(TypeError, match="patch_size must be an int"):
+        patchify(torch.randn(1, 3, 8, 8), 4.0)

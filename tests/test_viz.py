@@ -208,3 +208,92 @@ def test_bad_inputs_raise_before_writing(tmp_path: Path, change: dict, message: 
     with pytest.raises(ValueError, match=message):
         save_mask_grid(tmp_path / "g.png", args.pop("images"), args.pop("split"), **args)
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    ("patch_size", "error", "message"),
+    [(0, ValueError, "patch_size must be an int >= 1, got 0"), (4.0, TypeError, "got float")],
+)
+def test_patch_size_must_be_a_positive_int(
+    tmp_path: Path, patch_size: object, error: type, message: str
+) -> None:
+    # patch_size=0 raised ZeroDivisionError.
+    images, labels = images_and_labels()
+    with pytest.raises(error, match=message):
+        save_mask_grid(tmp_path / "g.png", images, labels, patch_size=patch_size)  # type: ignore[arg-type]
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    ("mean", "std", "error", "message"),
+    [
+        # Two values for 3 channels failed in view(3, 1, 1): "shape '[3, 1, 1]' is invalid".
+        (
+            (0.5, 0.5),
+            (0.5, 0.5, 0.5),
+            ValueError,
+            r"mean must be 3 finite numbers, one per channel of the 3-channel images, got "
+            r"\(0.5, 0.5\)",
+        ),
+        ((0.5,) * 3, (0.5, 0.5), ValueError, "std must be 3 finite numbers"),
+        ("abc", (0.5,) * 3, TypeError, "mean must be 3 finite numbers.* got str 'abc'"),
+        ((0.5,) * 3, (0.5, float("nan"), 0.5), ValueError, "std must be 3 finite numbers"),
+    ],
+)
+def test_mean_and_std_need_one_number_per_channel(
+    tmp_path: Path, mean: object, std: object, error: type, message: str
+) -> None:
+    images, labels = images_and_labels()
+    with pytest.raises(error, match=message):
+        save_mask_grid(tmp_path / "g.png", images, labels, patch_size=P, mean=mean, std=std)  # type: ignore[arg-type]
+    assert not any(tmp_path.iterdir())
+
+
+def test_mean_and_std_may_be_arrays_or_tensors(tmp_path: Path) -> None:
+    images, labels = images_and_labels()
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    as_tuples = save_mask_grid(tmp_path / "a.png", images, labels, patch_size=P, mean=mean, std=std)
+    as_arrays = save_mask_grid(
+        tmp_path / "b.png",
+        images,
+        labels,
+        patch_size=P,
+        mean=np.array(mean),  # type: ignore[arg-type]
+        std=torch.tensor(std, dtype=torch.float64),  # type: ignore[arg-type]
+    )
+    assert np.array_equal(read_png(as_tuples), read_png(as_arrays))
+
+
+def test_labels_outside_the_three_groups_are_refused(tmp_path: Path) -> None:
+    # A label of 7 matched no group and was drawn as visible.
+    images, labels = images_and_labels()
+    labels[1, 5] = 7
+    with pytest.raises(
+        ValueError,
+        match=r"labels must be 0 \(visible\), 1 \(masked\) or -1 \(thrown\), found \[7\]",
+    ):
+        save_mask_grid(tmp_path / "g.png", images, labels, patch_size=P)
+    assert not any(tmp_path.iterdir())
+
+
+def test_heatmap_of_any_finite_float64_range() -> None:
+    # max - min of +-1e308 overflowed to Inf, and numpy raised IndexError on the colormap.
+    huge = torch.tensor([[[-1e308, 0.0, 1e308]], [[0.0, 1.0, 2.0]]], dtype=torch.float64)
+    small = torch.tensor([[[-1.0, 0.0, 1.0]], [[0.0, 1.0, 2.0]]], dtype=torch.float64)
+    assert np.array_equal(heatmap(huge), heatmap(small))
+    tiny = torch.tensor([[0.0, 5e-324]], dtype=torch.float64)  # the smallest subnormal
+    assert np.array_equal(heatmap(tiny), heatmap(torch.tensor([[0.0, 1.0]])))
+
+
+@pytest.mark.parametrize(
+    ("weights", "error", "message"),
+    [
+        (torch.tensor([[float("nan"), 1.0]]), ValueError, "weights hold NaN or Inf"),
+        (torch.tensor([[-float("inf"), 1.0]]), ValueError, "weights hold NaN or Inf"),
+        (np.ones((2, 2)), TypeError, "weights must be a torch.Tensor, got ndarray"),
+        (torch.ones(2, 0, 3), ValueError, r"\(B, gh, gw\) with gh, gw >= 1, got \(2, 0, 3\)"),
+    ],
+)
+def test_heatmap_rejects_what_it_cannot_colour(weights: object, error: type, message: str) -> None:
+    with pytest.raises(error, match=message):
+        heatmap(weights)  # type: ignore[arg-type]

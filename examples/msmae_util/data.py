@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import warnings
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -23,8 +24,8 @@ from torchvision.transforms import v2
 
 from maskkit.demo import SyntheticLesions
 
-from .images import CsvImageDataset, UnreadableImageError, image_folder
-from .runs import area
+from .images import CsvImageDataset, UnreadableImageError, image_folder, refuse_shared_files
+from .runs import area, natural, positive_int
 from .runtime import DistributedContext
 
 NORMALIZE = v2.Compose([v2.ToImage(), v2.ToDtype(torch.float, scale=True), v2.Normalize(MEAN, STD)])
@@ -90,15 +91,21 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
         help="read every image at start and drop unreadable ones (listed in summary.json) "
         "instead of stopping with an error that names the file",
     )
-    data.add_argument("--num_train", default=1200, type=int, help="synthetic training images")
-    data.add_argument("--num_val", default=300, type=int, help="synthetic validation images")
-    data.add_argument("--num_test", default=300, type=int, help="synthetic test images (0: none)")
+    data.add_argument(
+        "--num_train", default=1200, type=positive_int, help="synthetic training images"
+    )
+    data.add_argument(
+        "--num_val", default=300, type=positive_int, help="synthetic validation images"
+    )
+    data.add_argument(
+        "--num_test", default=300, type=natural, help="synthetic test images (0: none)"
+    )
     data.add_argument("--num_classes", default=3, type=int, help="synthetic classes (2-7)")
     data.add_argument("--lesion_size", default=0.08, type=float, help="synthetic lesion radius")
     data.add_argument(
         "--data_seed",
         default=0,
-        type=int,
+        type=natural,
         help="seed of the synthetic images (train, val, test: seeds s, s+1, s+2), kept apart "
         "from --seed so that runs of several seeds share one data set",
     )
@@ -113,54 +120,90 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="decode (or render) every image once, up front, and keep it in memory",
     )
-    data.add_argument("--num_workers", default=4, type=int)
+    data.add_argument("--num_workers", default=4, type=natural)
 
 
 def build_datasets(args: argparse.Namespace, *, test: bool = True) -> DataSplits:
     """The splits ``--data`` names (the test split only with ``test``, and where the data
-    has one); synthetic images are rendered at ``--input_size``."""
+    has one); synthetic images are rendered at ``--input_size``.
+
+    File data is refused with a file in two splits, or with fewer than two classes unless
+    the labels go unused (pre-training with ``args.cls_loss_weight`` 0); ``--skip_corrupt``
+    may drop files, but not every file of a split nor every training file of a class.
+    """
     lesions: tuple[SyntheticLesions, ...] = ()
-    test_set = None
-    data_seed = getattr(args, "data_seed", args.seed)
     if args.data == "synthetic":
+        data_seed = getattr(args, "data_seed", args.seed)
         options = dict(image_size=args.input_size, num_classes=args.num_classes)
         options["lesion_size"] = args.lesion_size
         train = SyntheticLesions(args.num_train, seed=data_seed, **options)
         val = SyntheticLesions(args.num_val, seed=data_seed + 1, **options)  # no shared image
-        lesions = (train, val)
+        splits: dict[str, Any] = {"train": train, "val": val}
         if test and getattr(args, "num_test", 0) > 0:
-            test_set = SyntheticLesions(args.num_test, seed=data_seed + 2, **options)
-    elif args.data == "imagefolder":
+            splits["test"] = SyntheticLesions(args.num_test, seed=data_seed + 2, **options)
+        sources, lesions = dict.fromkeys(splits, "synthetic"), (train, val)
+    else:
+        splits, sources = _file_splits(args, test=test)
+    classes = splits["train"].classes
+    if args.data != "synthetic":
+        if len(classes) < 2 and getattr(args, "cls_loss_weight", None) != 0:
+            raise ValueError(
+                f"{sources['train']} holds a single class, {classes}: classification needs at "
+                "least two (with one, every prediction is right and the loss is 0); add the "
+                "images of the other classes"
+            )
+        refuse_shared_files({name: [path for path, _ in d.samples] for name, d in splits.items()})
+    skipped: dict[str, list[str]] = {"train": [], "val": []}
+    if args.skip_corrupt or args.cache_images:
+        for name, split in splits.items():
+            where = f"the {name} split ({sources[name]})"
+            known = classes if name == "train" else None
+            splits[name], skipped[name] = _read(split, args, where, classes=known)
+    return DataSplits(
+        splits["train"], splits["val"], classes, skipped, *lesions, test=splits.get("test")
+    )
+
+
+def _file_splits(args: argparse.Namespace, *, test: bool) -> tuple[dict[str, Any], dict[str, str]]:
+    """The splits of ``--data imagefolder`` or ``csv``, and the folder or table of each."""
+    if args.data == "imagefolder":
         if args.data_path is None:
             raise ValueError("--data imagefolder needs --data_path DIR with train/ and val/")
-        train = image_folder(Path(args.data_path) / "train")
-        val = image_folder(Path(args.data_path) / "val", train.classes)
-        if test and (Path(args.data_path) / "test").is_dir():
-            test_set = image_folder(Path(args.data_path) / "test", train.classes)
-    else:
-        missing = [f"--{k}" for k in ("csv_train", "csv_val", "image_dir") if not getattr(args, k)]
-        if missing:
-            raise ValueError(f"--data csv needs {', '.join(missing)}")
-        columns = dict(id_column=args.id_column, label_column=args.label_column)
-        columns["extension"] = args.image_ext
-        train = CsvImageDataset(args.csv_train, args.image_dir, **columns)
-        val = CsvImageDataset(args.csv_val, args.image_dir, **columns, classes=train.classes)
-        if test and getattr(args, "csv_test", None):
-            test_set = CsvImageDataset(
-                args.csv_test, args.image_dir, **columns, classes=train.classes
-            )
-    classes, skipped = train.classes, {"train": [], "val": []}
-    if args.skip_corrupt or args.cache_images:
-        (train, skipped["train"]), (val, skipped["val"]) = _read(train, args), _read(val, args)
-        if test_set is not None:
-            test_set, skipped["test"] = _read(test_set, args)
-    return DataSplits(train, val, classes, skipped, *lesions, test=test_set)
+        folders = {name: Path(args.data_path) / name for name in ("train", "val", "test")}
+        if not (test and folders["test"].is_dir()):
+            del folders["test"]
+        splits = {"train": image_folder(folders.pop("train"))}
+        classes = splits["train"].classes
+        splits.update({name: image_folder(path, classes) for name, path in folders.items()})
+        return splits, {name: str(Path(args.data_path) / name) for name in splits}
+    missing = [f"--{k}" for k in ("csv_train", "csv_val", "image_dir") if not getattr(args, k)]
+    if missing:
+        raise ValueError(f"--data csv needs {', '.join(missing)}")
+    tables = {name: getattr(args, f"csv_{name}", None) for name in ("train", "val", "test")}
+    if not (test and tables["test"]):
+        del tables["test"]
+    columns = dict(id_column=args.id_column, label_column=args.label_column)
+    columns["extension"] = args.image_ext
+    splits = {"train": CsvImageDataset(tables["train"], args.image_dir, **columns)}
+    classes = splits["train"].classes
+    splits.update(
+        {
+            name: CsvImageDataset(table, args.image_dir, **columns, classes=classes)
+            for name, table in tables.items()
+            if name != "train"
+        }
+    )
+    return splits, tables
 
 
-def _read(dataset: Any, args: argparse.Namespace) -> tuple[Any, list[str]]:
+def _read(
+    dataset: Any, args: argparse.Namespace, where: str, *, classes: list[str] | None = None
+) -> tuple[Any, list[str]]:
     """Read every item once, in threads (Pillow decodes outside the GIL). Returns the items
     as a list (``--cache_images``) or ``dataset`` itself, and the unreadable files, which
-    ``--skip_corrupt`` drops from the split with a warning."""
+    ``--skip_corrupt`` drops from the split with a warning: never all of them (``where``
+    names the split in the error), nor all the files of one of ``classes`` (the training
+    split's: a class left without images would be trained on nothing)."""
 
     def read(index: int) -> Any:
         try:
@@ -177,6 +220,22 @@ def _read(dataset: Any, args: argparse.Namespace) -> tuple[Any, list[str]]:
     skipped = [dataset.samples[i][0] for i in sorted(bad)]
     for path, i in zip(skipped, sorted(bad), strict=True):
         warnings.warn(f"skipping unreadable image {path}: {items[i].__cause__}", stacklevel=3)
+    if bad and len(bad) == len(dataset):
+        raise ValueError(
+            f"--skip_corrupt skipped all {len(bad)} images of {where}, e.g. {skipped[:3]}: "
+            "none is left; fix or replace the files"
+        )
+    if bad and classes is not None:
+        before = Counter(target for _, target in dataset.samples)
+        dropped = Counter(dataset.samples[i][1] for i in bad)
+        lost = [
+            f"{classes[t]!r} ({n} unreadable)" for t, n in sorted(dropped.items()) if n == before[t]
+        ]
+        if lost:
+            raise ValueError(
+                f"--skip_corrupt skipped every image of class {', '.join(lost)} in {where}: "
+                "the class would be trained on nothing; fix or replace the files"
+            )
     if args.cache_images:
         return [item for i, item in enumerate(items) if i not in bad], skipped
     if bad:

@@ -35,7 +35,8 @@ def load_checkpoint(
 
     A file that is not a checkpoint (empty, text, damaged, objects the safe unpickler
     refuses) raises ``ValueError`` naming it; with ``expect`` (a script), so does a
-    checkpoint written by another script, saying which.
+    checkpoint written by another script, saying which. Initial weights (``option`` other
+    than ``--resume``) must be finite: a NaN or infinite value raises, naming its tensor.
     """
     path = Path(path)
     if not path.is_file():
@@ -49,6 +50,13 @@ def load_checkpoint(
             f"cannot read checkpoint {path} ({why}): it is not a checkpoint of these recipes, "
             "or it is damaged"
         ) from None
+    if option != "--resume":  # else NaN weights surface only as "loss is nan" in epoch 0
+        bad = _first_non_finite(checkpoint)
+        if bad is not None:
+            raise ValueError(
+                f"{option} {path}: tensor {bad!r} holds NaN or infinite values: the file is "
+                "damaged or was saved from a diverged run; take an earlier checkpoint"
+            )
     if expect is None:
         return checkpoint
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("model"), dict):
@@ -69,6 +77,21 @@ def load_checkpoint(
             f"{expect}{hint}"
         )
     return checkpoint
+
+
+def _first_non_finite(value: Any, key: str = "") -> str | None:
+    """The key (dotted path) of the first floating-point tensor in ``value`` (nested dicts,
+    lists, tuples) that holds a NaN or an infinity, or None."""
+    if isinstance(value, torch.Tensor):
+        finite = not value.is_floating_point() or bool(torch.isfinite(value).all())
+        return None if finite else key
+    if isinstance(value, dict):
+        items = [(f"{key}.{k}" if key else str(k), v) for k, v in value.items()]
+    elif isinstance(value, (list, tuple)):
+        items = [(f"{key}.{k}" if key else str(k), v) for k, v in enumerate(value)]
+    else:
+        return None
+    return next((bad for k, v in items if (bad := _first_non_finite(v, k)) is not None), None)
 
 
 def rng_state() -> dict[str, Any]:

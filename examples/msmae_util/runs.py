@@ -6,18 +6,19 @@ from __future__ import annotations
 import argparse
 import errno
 import json
+import math
 import re
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from maskkit._checks import check_int, check_ratio
 from maskkit.files import remove_stale_temporaries
 from maskkit.functional import split_counts
 
 from .outputs import load_checkpoint
-from .runtime import DistributedContext, print0
+from .runtime import DistributedContext, UsageError, print0
 
 # What a run writes into --output_dir: --overwrite removes these and nothing else.
 OWN_OUTPUTS = re.compile(
@@ -32,29 +33,91 @@ FREE_ON_RESUME = frozenset(
 SCHEDULE_OPTIONS = frozenset({"epochs", "warmup_epochs", "lr", "blr", "min_lr", "batch_size"})
 
 
-def _typed(check: Callable[[str], Any]) -> Callable[[str], Any]:
-    """An argparse type that prints ``check``'s own ``ValueError`` message."""
+def number(
+    kind: type[int] | type[float],
+    low: float,
+    high: float | None = None,
+    *,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> Callable[[str], Any]:
+    """An argparse type: a finite ``kind`` (int or float) from ``low`` (excluded with
+    ``low_open``) up to ``high`` (excluded with ``high_open``; None: no upper bound). Its
+    message gives the range and the text given, e.g. "the value must lie in [0, 1), got 1.5";
+    argparse names the option."""
+    what = "an int" if kind is int else "a finite number"
+    if high is None:
+        need = f"be {what} {'>' if low_open else '>='} {low:g}"
+    else:
+        need = f"lie in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
 
     def parse(text: str) -> Any:
         try:
-            return check(text)
-        except ValueError as err:
-            raise argparse.ArgumentTypeError(str(err)) from None
+            value = kind(text)
+        except ValueError:
+            value = math.nan  # not a number: refused below with the range
+        above = value > low if low_open else value >= low
+        below = high is None or (value < high if high_open else value <= high)
+        if not (math.isfinite(value) and above and below):
+            raise argparse.ArgumentTypeError(f"the value must {need}, got {text}")
+        return value
 
     return parse
 
 
-def _area(text: str) -> float:
-    if not check_ratio("the value", float(text)):
-        raise ValueError("the value must lie in (0, 1], got 0")
-    return float(text)
+# argparse types, one per range the recipes' options take.
+ratio = number(float, 0, 1, high_open=True)  # a share of the patches, a rate: [0, 1)
+area = number(float, 0, 1, low_open=True)  # a share of an image's area, a factor: (0, 1]
+natural = number(int, 0)  # a seed, an epoch, a count that may be 0
+positive_int = number(int, 1)  # epochs, a batch, a width
+positive = number(float, 0, low_open=True)  # a learning rate, a gradient norm
+nonnegative = number(float, 0)  # a weight decay, a loss weight, the cosine's floor
+
+# msmae_util.data's options (default None) that one --data source reads, and which.
+DATA_READERS = {
+    "data_path": ("imagefolder",),
+    "csv_train": ("csv",),
+    "csv_val": ("csv",),
+    "csv_test": ("csv",),
+    "image_dir": ("csv",),
+}
 
 
-# argparse types: a share of the patches, in [0, 1); a share of an image's area, in (0, 1];
-# an int >= 0.
-ratio = _typed(lambda text: check_ratio("the value", float(text), closed=False))
-area = _typed(_area)
-natural = _typed(lambda text: check_int("the value", int(text), minimum=0))
+def check_data_source(args: argparse.Namespace, readers: Mapping[str, tuple[str, ...]]) -> None:
+    """Refuse an option given with a ``--data`` source that ignores it (``readers``: option
+    name → the sources that read it): the run would silently use other data."""
+    for name, sources in readers.items():
+        if getattr(args, name, None) is not None and args.data not in sources:
+            raise UsageError(
+                f"--{name} is only read with --data {' or '.join(sources)}, but --data is "
+                f"{args.data}; add --data {sources[0]}, or leave out --{name}"
+            )
+
+
+def check_data_args(args: argparse.Namespace) -> None:
+    """:func:`check_data_source` for :mod:`msmae_util.data`'s options."""
+    check_data_source(args, DATA_READERS)
+
+
+def check_file(option: str, path: str) -> None:
+    """Refuse a checkpoint option (``--resume``, ``--init``, ``--finetune``) given a path
+    that is no file (empty: not given)."""
+    if path and not Path(path).is_file():
+        what = "a folder, not a checkpoint file" if Path(path).is_dir() else "no such file"
+        raise UsageError(f"{option} {path}: {what}")
+
+
+@contextmanager
+def as_usage_error() -> Iterator[None]:
+    """Report a ``ValueError`` of the checks inside as a :class:`UsageError`: only for
+    checks that judge nothing but the options and the files they name (e.g.
+    ``models_msmae.vit_grid``, ``msmae_util.outputs.load_checkpoint``)."""
+    try:
+        yield
+    except UsageError:
+        raise
+    except ValueError as err:
+        raise UsageError(str(err)) from None
 
 
 def add_run_arguments(group: argparse._ArgumentGroup) -> None:
@@ -94,9 +157,9 @@ def check_split(
     try:
         counts = split_counts(num_patches, mask[1], throw[1])
     except ValueError as err:
-        raise ValueError(f"{names}: {err}") from None
+        raise UsageError(f"{names}: {err}") from None
     if need_masked and counts.masked < 1:
-        raise ValueError(f"{names} masks no patch out of {num_patches}; raise {mask[0]}")
+        raise UsageError(f"{names} masks no patch out of {num_patches}; raise {mask[0]}")
 
 
 def prepare_output_dir(
@@ -112,19 +175,19 @@ def prepare_output_dir(
     (the names ``outputs`` matches in full).
 
     Raises:
-        ValueError: the path is (or lies under) a file; the folder holds results and
+        UsageError: the path is (or lies under) a file; the folder holds results and
             neither ``resume`` nor ``overwrite`` is given; both are given.
     """
     path = Path(output_dir)
     if overwrite and resume:
-        raise ValueError("--overwrite starts a new run: it cannot be combined with --resume")
+        raise UsageError("--overwrite starts a new run: it cannot be combined with --resume")
     existing = next((p for p in (path, *path.parents) if p.exists()), path)
     if existing.exists() and not existing.is_dir():
         where = "" if existing == path else f": {existing} is a file"
-        raise ValueError(f"--output_dir {path} is a file, not a folder{where}")
+        raise UsageError(f"--output_dir {path} is a file, not a folder{where}")
     found = sorted(p.name for p in path.glob("*") if outputs.fullmatch(p.name))
     if found and not (resume or overwrite):
-        raise ValueError(
+        raise UsageError(
             f"--output_dir {path} holds the results of an earlier run ({', '.join(found)}): "
             f"continue it with --resume {path / 'checkpoint.pth'}, replace them with "
             "--overwrite, or choose another --output_dir"
@@ -142,8 +205,9 @@ def check_resume_args(
 ) -> set[str]:
     """Refuse options that differ from the checkpoint's ``args`` (and another number of
     processes, ``world_size``) unless free (:data:`FREE_ON_RESUME`) or named by
-    ``--allow_changed_args``; options one side lacks are not compared. Also refuse a
-    ``--stop_after_epoch`` already passed. Returns the (allowed) changed options."""
+    ``--allow_changed_args``; options one side lacks are not compared. Also refuse an
+    ``--epochs`` or ``--stop_after_epoch`` that the checkpoint has passed. Returns the
+    (allowed) changed options."""
     allowed = {name.lstrip("-") for name in getattr(args, "allow_changed_args", None) or ()}
     saved, now = checkpoint["args"], vars(args)
     changed = {k: (saved[k], now[k]) for k in saved.keys() & now.keys() - FREE_ON_RESUME}
@@ -156,7 +220,7 @@ def check_resume_args(
     }
     refused = sorted(set(changed) - allowed)
     if refused:
-        raise ValueError(
+        raise UsageError(
             f"cannot resume from {path} with changed settings:\n  "
             + "\n  ".join(lines[k] for k in refused)
             + "\nresume with the checkpoint's settings, or allow the change with "
@@ -166,8 +230,14 @@ def check_resume_args(
     for line in lines.values():
         print0(f"resuming with a changed setting, {line}")
     stop, last = getattr(args, "stop_after_epoch", None), checkpoint["epoch"]
+    epochs = getattr(args, "epochs", last + 1)
+    if epochs <= last:  # its weights are of a later epoch than the run's last
+        raise UsageError(
+            f"--epochs {epochs}: {path} has trained up to epoch {last} (from 0), so the "
+            f"run has at least {last + 1} epochs; resume with --epochs {last + 1} or more"
+        )
     if stop is not None and stop <= last:
-        raise ValueError(f"--stop_after_epoch {stop}: {path} has trained up to epoch {last}")
+        raise UsageError(f"--stop_after_epoch {stop}: {path} has trained up to epoch {last}")
     return set(changed)
 
 
@@ -199,10 +269,15 @@ def stop_after(epoch: int, args: argparse.Namespace, output_dir: Path) -> bool:
 
 
 def run_main(main: Callable[[argparse.Namespace], Any], args: argparse.Namespace) -> None:
-    """Run a recipe's ``main``; a full disk ends it with one line (exit status 1), also when
-    wrapped by another error (``torch.save`` raises a ``RuntimeError`` from the ``OSError``)."""
+    """Run a recipe's ``main``. Options that cannot work (:class:`UsageError`) end it as
+    argparse does: ``error: ...`` on stderr, exit status 2. A full disk ends it with one line
+    (exit status 1), also when wrapped by another error (``torch.save`` raises a
+    ``RuntimeError`` from the ``OSError``). Any other error keeps its traceback: a bug."""
     try:
         main(args)
+    except UsageError as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
     except Exception as err:
         cause: BaseException | None = err
         while cause is not None and getattr(cause, "errno", None) != errno.ENOSPC:
@@ -248,7 +323,14 @@ def start_run(
     )
     if not args.resume:
         return RunStart(output_dir, None, set(), None)
-    checkpoint = load_checkpoint(args.resume, expect=script)
+    check_file("--resume", args.resume)
+    with as_usage_error():
+        checkpoint = load_checkpoint(args.resume, expect=script)
+    if "rng" not in checkpoint:  # best.pth: weights, epoch, val figures and args only
+        raise UsageError(
+            f"--resume {args.resume}: it is a model-only checkpoint (val-selected weights), "
+            f"not resumable; resume from {Path(args.resume).parent / 'checkpoint.pth'}"
+        )
     saved = checkpoint["args"]
     compared = argparse.Namespace(**{**vars(args), **{k: saved[k] for k in free if k in saved}})
     changed = check_resume_args(checkpoint, compared, world_size=ctx.world_size, path=args.resume)

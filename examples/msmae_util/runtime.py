@@ -15,6 +15,12 @@ import torch.distributed as dist
 from timm.scheduler import CosineLRScheduler
 
 
+class UsageError(ValueError):
+    """Options (or files they name) that cannot work, found before training starts: the
+    entry point (``msmae_util.runs.run_main``) prints the message as one ``error:`` line
+    and exits with status 2, as argparse does, without a traceback."""
+
+
 class DistributedContext(NamedTuple):
     """This process's rank, the number of processes, the device it trains on, and whether
     this run started the process group (else its caller did, e.g. the ablation runner)."""
@@ -39,9 +45,12 @@ def init_distributed(device: str, *, timeout_s: float = 1800.0) -> DistributedCo
     """Join the process group torchrun describes (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``,
     which picks the GPU), if any; a group the caller initialised already is used as is."""
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("--device cuda was given but no CUDA device is visible; use --device cpu")
+        raise UsageError("--device cuda was given but no CUDA device is visible; use --device cpu")
     rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    torch_device = torch.device(device)
+    try:
+        torch_device = torch.device(device)
+    except RuntimeError as err:  # torch lists the device types it knows
+        raise UsageError(f"--device {device}: {err}") from None
     if torch_device.type == "cuda":
         torch_device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         torch.cuda.set_device(torch_device)
@@ -97,7 +106,7 @@ def amp_settings(amp: str, device: torch.device) -> tuple[torch.dtype | None, to
     """The autocast dtype (None: full precision) and gradient scaler for ``--amp``: ``auto``
     is bfloat16 where the GPU supports it, else float16; a CPU runs in float32."""
     if device.type != "cuda" and amp in ("bf16", "fp16"):
-        raise ValueError(f"--amp {amp} needs a CUDA device; CPU runs use --amp none (or auto)")
+        raise UsageError(f"--amp {amp} needs a CUDA device; CPU runs use --amp none (or auto)")
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}.get(amp)
     if device.type != "cuda":
         dtype = None
@@ -105,6 +114,29 @@ def amp_settings(amp: str, device: torch.device) -> tuple[torch.dtype | None, to
         dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     # Only float16 needs loss scaling; bfloat16 has float32's range.
     return dtype, torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+
+
+def resolve_schedule(args: argparse.Namespace, world_size: int) -> None:
+    """Set ``--lr`` where not given by MAE's linear scaling rule, ``--blr`` * effective
+    batch (``--batch_size`` * ``world_size``) / 256, and refuse a schedule that cannot run
+    as :func:`cosine_scheduler` describes: a warm-up longer than the run, or a cosine floor
+    (``--min_lr``) above its peak (the lr would rise instead of decay)."""
+    if args.warmup_epochs > args.epochs:
+        raise UsageError(
+            f"--warmup_epochs {args.warmup_epochs} exceeds --epochs {args.epochs}: the lr "
+            "would never reach its peak; lower --warmup_epochs to --epochs or fewer"
+        )
+    if args.lr is None:
+        batch = args.batch_size * world_size
+        args.lr = args.blr * batch / 256
+        peak = f"the lr {args.lr:g} (--blr {args.blr:g} * effective batch {batch} / 256)"
+    else:
+        peak = f"--lr {args.lr:g}"
+    if args.min_lr > args.lr:
+        raise UsageError(
+            f"--min_lr {args.min_lr:g} is above the peak lr, {peak}: the cosine would rise "
+            "instead of decay; lower --min_lr or raise the lr"
+        )
 
 
 def cosine_scheduler(

@@ -31,7 +31,7 @@ from ..mae import patch_targets, reconstruction_loss
 from ..split import MaskSplit
 
 try:
-    import transformers  # noqa: F401  (the dependency this module adapts to)
+    import transformers
 except ImportError as error:  # pragma: no cover - exercised by a test that hides the package
     raise ImportError(
         "maskkit.integrations.hf needs Hugging Face transformers: pip install 'maskkit[hf]'"
@@ -60,12 +60,21 @@ def check_mask_ratio(config: Any, split: MaskSplit) -> None:
     Args:
         config: a ``ViTMAEConfig`` (anything with ``mask_ratio``).
         split: the batch's split.
+
+    Raises:
+        TypeError: ``config`` has no float ``mask_ratio``.
     """
+    mask_ratio = getattr(config, "mask_ratio", None)
+    if isinstance(mask_ratio, bool) or not isinstance(mask_ratio, (int, float)):
+        raise TypeError(
+            f"config must be a ViTMAEConfig with a float mask_ratio, got {type(config).__name__} "
+            f"with mask_ratio={mask_ratio!r}"
+        )
     num_patches, num_visible = split.num_patches, split.visible.shape[1]
-    kept = int(num_patches * (1 - config.mask_ratio))
+    kept = int(num_patches * (1 - mask_ratio))
     if kept != num_visible:
         raise ValueError(
-            f"ViTMAE keeps int({num_patches} * (1 - {config.mask_ratio})) = {kept} patches "
+            f"ViTMAE keeps int({num_patches} * (1 - {mask_ratio})) = {kept} patches "
             f"but the split has {num_visible} visible; set config.mask_ratio to the masker's "
             "mask_ratio + throw_ratio (ViTMAE cannot throw: it removes masked and thrown "
             "patches alike)"
@@ -87,7 +96,7 @@ def masked_loss(model: nn.Module, pixel_values: Tensor, logits: Tensor, split: M
         logits: (B, L, p * p * C) ``outputs.logits``.
         split: the split whose noise produced ``logits``.
     """
-    config = _unwrap(model).config
+    config = _config(model)
     target = patch_targets(pixel_values, config.patch_size, norm_pix=config.norm_pix_loss)
     return reconstruction_loss(logits, target, split.loss_mask())
 
@@ -112,22 +121,40 @@ def pretrain_forward(
         ViTMAE's ``ViTMAEForPreTrainingOutput`` with the masked-only ``loss``.
 
     Raises:
+        TypeError: ``model`` is not a Hugging Face ViTMAE model.
         ValueError: ``config.mask_ratio`` keeps another number of patches than the split's
-            visible count, or the split does not match the batch.
+            visible count, or the split does not match the batch or its patch grid.
     """
-    config = _unwrap(model).config
-    check_mask_ratio(config, split)
+    config = _config(model)
     if split.ids_shuffle.shape[0] != pixel_values.shape[0]:
         raise ValueError(
             f"the split covers {split.ids_shuffle.shape[0]} images but pixel_values holds "
             f"{pixel_values.shape[0]}"
         )
+    height, width = pixel_values.shape[-2:]
+    num_patches = (height // config.patch_size) * (width // config.patch_size)
+    if split.num_patches != num_patches:
+        raise ValueError(
+            f"the split covers {split.num_patches} patches but {height} x {width} images cut "
+            f"into {config.patch_size}-pixel patches give {num_patches}; draw the split "
+            f"with num_patches={num_patches}"
+        )
+    check_mask_ratio(config, split)
     outputs = model(pixel_values=pixel_values, noise=noise_from_split(split), **kwargs)
     outputs["loss"] = masked_loss(model, pixel_values, outputs.logits, split)
     return outputs
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    """The model inside a DistributedDataParallel (or similar ``.module``) wrapper."""
+def _config(model: nn.Module) -> Any:
+    """The ViTMAE config of ``model`` or of the model inside a DDP-style ``.module`` wrapper."""
     inner = getattr(model, "module", None)
-    return inner if isinstance(inner, nn.Module) and not hasattr(model, "config") else model
+    if isinstance(inner, nn.Module) and not hasattr(model, "config"):
+        model = inner
+    config = getattr(model, "config", None)
+    if not isinstance(config, transformers.ViTMAEConfig):
+        raise TypeError(
+            "expected a Hugging Face ViTMAEForPreTraining (or a DDP wrapper of one), got "
+            f"{type(model).__name__}; timm ViTs take splits directly: "
+            "maskkit.forward_features_visible or maskkit.mae.MaskedAutoencoder"
+        )
+    return config

@@ -55,9 +55,15 @@ def to_lightly(
         ``idx_mask`` (B, M): ``split.masked + P``. Thrown patches are in neither.
 
     Raises:
+        TypeError: ``split`` is not a :class:`~maskkit.MaskSplit` or ``allow_thrown`` not a
+            bool.
         ValueError: a split with thrown patches while ``allow_thrown`` is False.
     """
+    if not isinstance(split, MaskSplit):
+        raise TypeError(f"split must be a maskkit.MaskSplit, got {type(split).__name__}")
     check_int("num_prefix_tokens", num_prefix_tokens, minimum=0)
+    if not isinstance(allow_thrown, bool):
+        raise TypeError(f"allow_thrown must be a bool, got {type(allow_thrown).__name__}")
     num_thrown = split.thrown.shape[1]
     if num_thrown and not allow_thrown:
         raise ValueError(
@@ -96,7 +102,8 @@ def decode_masked(decoder: nn.Module, tokens: Tensor, split: MaskSplit) -> Tenso
 
     Raises:
         TypeError: ``decoder`` is none of lightly's MAE decoders.
-        ValueError: ``tokens`` does not match the split.
+        ValueError: the split covers another number of patches than the decoder, or
+            ``tokens`` does not match the split.
     """
     mask_token = getattr(decoder, "mask_token", None)
     pos_embed = getattr(decoder, "pos_embed", None)
@@ -121,11 +128,14 @@ def decode_masked(decoder: nn.Module, tokens: Tensor, split: MaskSplit) -> Tenso
     if not isinstance(mask_token, Tensor):
         raise TypeError(f"{type(decoder).__name__} has no mask_token tensor")
     num_patches = split.num_patches
-    num_prefix_tokens = pos_embed.shape[1] - num_patches
-    if num_prefix_tokens < 0:
+    # Both decoders store P; the table has P + L rows, so L follows from it.
+    num_prefix_tokens = getattr(decoder, "num_prefix_tokens", 1)
+    decoder_patches = pos_embed.shape[1] - num_prefix_tokens
+    if decoder_patches != num_patches:
         raise ValueError(
-            f"the decoder's position table has {pos_embed.shape[1]} rows, fewer than the "
-            f"split's {num_patches} patches"
+            f"the split covers {num_patches} patches but the decoder's position table has "
+            f"{pos_embed.shape[1]} rows = {num_prefix_tokens} prefix + {decoder_patches} "
+            f"patches; draw the split over the decoder's {decoder_patches} patches"
         )
     # lightly's decoder input takes the mask token's and the position table's dtype
     # (type_as, or promotion when the mask token is mixed in); promote the same way.

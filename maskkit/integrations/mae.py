@@ -104,6 +104,8 @@ class MAEAdapter(nn.Module):
     def __init__(self, model: nn.Module, *, fill: float = 0.0) -> None:
         super().__init__()
         patch_size, grid, in_chans = _check_mae(model)
+        if isinstance(fill, bool) or not isinstance(fill, (int, float)):
+            raise TypeError(f"fill must be a finite float, got {type(fill).__name__} {fill!r}")
         if not math.isfinite(fill):
             raise ValueError(f"fill must be a finite float, got {fill!r}")
         for name, module in model.named_children():
