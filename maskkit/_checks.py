@@ -20,6 +20,7 @@ __all__ = [
     "check_index",
     "check_int",
     "check_pair",
+    "check_positive",
     "check_range",
     "check_ratio",
     "check_real",
@@ -137,6 +138,21 @@ def check_real(name: str, value: object, *, form: str = "a real number") -> floa
     if not is_real(value):
         raise TypeError(f"{name} must be {form}, got {type(value).__name__} {value!r}")
     return float(value)  # type: ignore[arg-type]
+
+
+def check_positive(name: str, value: object, *, form: str) -> float:
+    """Return ``value`` as a float if it is a finite real number > 0.
+
+    ``form`` describes what is expected in the messages, e.g. ``"a finite ratio > 0"``.
+
+    Raises:
+        TypeError: not a real number.
+        ValueError: NaN, infinite or not above 0.
+    """
+    number = check_real(name, value, form=form)
+    if not (math.isfinite(number) and number > 0):
+        raise ValueError(f"{name} must be {form}, got {value!r}")
+    return number
 
 
 def check_reals(name: str, value: object, length: int, *, form: str) -> tuple[float, ...]:

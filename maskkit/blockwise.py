@@ -25,7 +25,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from ._checks import check_int, check_pair
+from ._checks import check_int, check_pair, check_positive
 from .functional import (
     check_ratios,
     labels_from_priorities,
@@ -88,6 +88,8 @@ def _refuse_weights(masker: str, source: str, weights: Tensor | None) -> None:
 # ---- BEiT blocks -------------------------------------------------------------------------
 
 MAX_BLOCKS = 52  # block_priorities keeps one bit per block, plus one, in a float64 mantissa
+_ASPECT = "a finite ratio > 0"
+_AREA = "a finite area > 0 in patches"
 
 
 class Blocks(NamedTuple):
@@ -162,8 +164,8 @@ def sample_blocks(
     batch_size = check_int("batch_size", batch_size, minimum=1)
     grid = check_pair("grid", grid)
     num_blocks = check_int("num_blocks", num_blocks, minimum=1)
-    min_area = _check_area("min_num_patches", min_num_patches)
-    max_area = _check_area("max_num_patches", max_num_patches)
+    min_area = check_positive("min_num_patches", min_num_patches, form=_AREA)
+    max_area = check_positive("max_num_patches", max_num_patches, form=_AREA)
     if max_area < min_area:
         raise ValueError(
             f"max_num_patches={max_num_patches} is below min_num_patches={min_num_patches}; "
@@ -410,18 +412,10 @@ class BlockMasker(Masker):
         )
 
 
-def _check_aspect(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a positive float, got {type(value).__name__} {value!r}")
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be a finite ratio > 0, got {value!r}")
-    return float(value)
-
-
 def _check_aspects(min_aspect: object, max_aspect: object) -> tuple[float, float]:
     """``(min_aspect, max_aspect)`` as finite positive floats in order; a ``None`` maximum
     is ``1 / min_aspect``."""
-    low = _check_aspect("min_aspect", min_aspect)
+    low = check_positive("min_aspect", min_aspect, form=_ASPECT)
     if max_aspect is None:
         if low > 1.0:
             raise ValueError(
@@ -431,7 +425,7 @@ def _check_aspects(min_aspect: object, max_aspect: object) -> tuple[float, float
                 f"max_aspect >= {low:.4g}"
             )
         return low, 1.0 / low
-    high = _check_aspect("max_aspect", max_aspect)
+    high = check_positive("max_aspect", max_aspect, form=_ASPECT)
     if high < low:
         # None only helps when 1 / min_aspect lies above min_aspect.
         alternative = " or pass max_aspect=None for 1 / min_aspect" if low < 1.0 else ""
@@ -439,16 +433,6 @@ def _check_aspects(min_aspect: object, max_aspect: object) -> tuple[float, float
             f"max_aspect={max_aspect} is below min_aspect={min_aspect}; swap them{alternative}"
         )
     return low, high
-
-
-def _check_area(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(
-            f"{name} must be a positive number of patches, got {type(value).__name__} {value!r}"
-        )
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be a finite area > 0 in patches, got {value!r}")
-    return float(value)
 
 
 # ---- SimMIM units ------------------------------------------------------------------------

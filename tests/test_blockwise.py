@@ -304,7 +304,8 @@ def test_sample_blocks_checks_its_arguments() -> None:
         for bad in (0, -3.0, float("nan"), float("inf")):
             with pytest.raises(ValueError, match=f"{name} must be a finite area > 0 in patches"):
                 draw(**{name: bad})
-        with pytest.raises(TypeError, match=f"{name} must be a positive number of patches"):
+        area_type = f"{name} must be a finite area > 0 in patches, got str"
+        with pytest.raises(TypeError, match=area_type):
             draw(**{name: "4"})
     with pytest.raises(ValueError, match="num_blocks must be an int >= 1, got 0"):
         draw(num_blocks=0)
