@@ -49,12 +49,14 @@ def check_indices(name: str, indices: Tensor, num_patches: int, *, distinct: boo
         raise ValueError(f"{name} repeats a patch index within a sample; each must be distinct")
 
 
-def gather_tokens(x: Tensor, indices: Tensor) -> Tensor:
+def gather_tokens(x: Tensor, indices: Tensor, *, distinct: bool = False) -> Tensor:
     """Select tokens per sample by index, without boolean indexing.
 
     Args:
         x: (B, L, D) tokens (or (B, L) per-patch values).
         indices: (B, K) int64 patch indices in [0, L).
+        distinct: also require the indices of each sample to differ (e.g. the visible
+            patches an encoder sees).
 
     Returns:
         (B, K, D) (or (B, K)) tokens in the order of ``indices``.
@@ -62,7 +64,8 @@ def gather_tokens(x: Tensor, indices: Tensor) -> Tensor:
     Raises:
         TypeError: ``x`` is not a tensor, or ``indices`` is not an integer tensor.
         ValueError: ``x`` and ``indices`` differ in B, ``indices`` is not 2-D, or an index
-            lies outside [0, L) (on CUDA: a device assert, see :func:`check_indices`).
+            lies outside [0, L) or, with ``distinct``, repeats (on CUDA: a device assert,
+            see :func:`check_indices`).
     """
     if not isinstance(x, Tensor) or not isinstance(indices, Tensor):
         raise TypeError(
@@ -74,7 +77,7 @@ def gather_tokens(x: Tensor, indices: Tensor) -> Tensor:
             f"gather_tokens needs x (B, L, ...) and indices (B, K) with the same B, got x "
             f"{tuple(x.shape)} and indices {tuple(indices.shape)}"
         )
-    check_indices("indices", indices, x.shape[1])
+    check_indices("indices", indices, x.shape[1], distinct=distinct)
     indices = indices.long()
     if x.dim() == 2:
         return x.gather(1, indices)

@@ -16,7 +16,7 @@ from timm.models import checkpoint_seq
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
-from .split import check_indices, gather_tokens
+from .split import gather_tokens
 
 __all__ = [
     "check_timm_vit",
@@ -165,14 +165,18 @@ def keep_patch_tokens(x: Tensor, visible: Tensor, num_prefix_tokens: int) -> Ten
 
     Args:
         x: (B, P + L, D) tokens, P prefix tokens (cls, register, ...) first.
-        visible: (B, K) int64 patch indices (prefix tokens not counted).
+        visible: (B, K) distinct int64 patch indices (prefix tokens not counted).
         num_prefix_tokens: P.
 
     Returns:
         (B, P + K, D): prefix tokens, then the visible patches in the order of ``visible``.
+
+    Raises:
+        ValueError: ``visible`` repeats a patch or lies outside [0, L) (see
+            :func:`~maskkit.gather_tokens`).
     """
     prefix, patches = x[:, :num_prefix_tokens], x[:, num_prefix_tokens:]
-    return torch.cat([prefix, gather_tokens(patches, visible)], dim=1)
+    return torch.cat([prefix, gather_tokens(patches, visible, distinct=True)], dim=1)
 
 
 def forward_features_visible(
@@ -207,7 +211,6 @@ def forward_features_visible(
                 f"visible must be (B, K) patch indices for the batch of {x.shape[0]} images, "
                 f"got {got}"
             )
-        check_indices("visible", visible, x.shape[1] - model.num_prefix_tokens, distinct=True)
         x = keep_patch_tokens(x, visible, model.num_prefix_tokens)
     x = model.patch_drop(x)
     x = model.norm_pre(x)
